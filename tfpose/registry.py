@@ -1,0 +1,68 @@
+"""Registry of methods and codecs, by name.
+
+A method is a codec + a model builder + a loss + config checks (DESIGN.md section 3). Adding a
+method adds its modules and one import line here; no other shared file changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Callable, Optional
+
+from tfpose.config import register_section
+
+CODECS: dict[str, type] = {}
+METHODS: dict[str, "Method"] = {}
+
+
+def register_codec(name: str):
+    """Class decorator for a Codec subclass; its ``config_class`` becomes the ``codec`` schema."""
+
+    def wrap(cls):
+        cls.name = name
+        register_section("codec", name)(cls.config_class)
+        CODECS[name] = cls
+        return cls
+
+    return wrap
+
+
+def _no_checks(cfg, err):
+    return None
+
+
+@dataclasses.dataclass
+class Method:
+    """A registered method.
+
+    Args:
+        name: str, config ``method`` value.
+        codec: str, the codec type the method uses.
+        build_model: callable(cfg) -> keras.Model.
+        build_loss: callable(cfg) -> loss object.
+        check_config: callable(cfg, err) for cross-field checks; `err(msg)` raises a ConfigError.
+    """
+
+    name: str
+    codec: str
+    build_model: Optional[Callable] = None
+    build_loss: Optional[Callable] = None
+    check_config: Callable = _no_checks
+
+
+def register_method(method: Method) -> Method:
+    METHODS[method.name] = method
+    return method
+
+
+def build_codec(cfg):
+    """The codec for a Config (``cfg.codec`` holds its typed settings)."""
+    name = next(n for n, c in CODECS.items() if isinstance(cfg.codec, c.config_class))
+    return CODECS[name](cfg.codec, cfg.spec, cfg.data.input_size)
+
+
+# Modules that register codecs and methods.
+_MODULES = ("tfpose.codecs.ae",)
+for _module in _MODULES:
+    importlib.import_module(_module)
