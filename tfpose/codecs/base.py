@@ -2,8 +2,8 @@
 
 Pixel convention (used everywhere in tfpose, tested in tests/unit/codecs):
     Continuous coordinates. Pixel (row i, column j) covers [j, j + 1) x [i, i + 1) and its centre
-    is (j + 0.5, i + 0.5). Annotation coordinates (COCO, CrowdPose, MPII) are taken as continuous
-    coordinates as they are. A point x in input pixels is x / s on a stride-s output map, and a
+    is (j + 0.5, i + 0.5). COCO and CrowdPose coordinates are taken as continuous coordinates as
+    they are; MPII's 1-based MATLAB pixel indices are shifted by -0.5 (tfpose.data.mpii). A point x in input pixels is x / s on a stride-s output map, and a
     horizontal flip of a width-W image maps x to W - x.
 
 Symbols: B batch, N people in one image (ground truth), P = ``max_people`` decoded people,

@@ -4,16 +4,16 @@
         [--set key=value ...]
 
 Images are validated first (tfpose.data.images.validate_images); bad ones are skipped with one
-counted warning. Shards are written atomically as ``PREFIX-00000-of-0000N.tfrecord``.
+counted warning. Shards are written atomically as ``PREFIX-00000-of-0000N.tfrecord``. Bad input
+(config, annotations, images) ends in one ``error: ...`` line and exit status 2 (tfpose.cli).
 """
 
 from __future__ import annotations
 
 import logging
 
-from absl import app, flags
-
-from tfpose.config import ConfigError, load_config
+from tfpose import cli
+from tfpose.config import load_config
 from tfpose.data.images import validate_images
 from tfpose.data.readers import read_split
 from tfpose.data.records import DatasetError
@@ -21,13 +21,7 @@ from tfpose.data.tfrecord import write_shards
 
 logger = logging.getLogger(__name__)
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "YAML config file.")
-flags.DEFINE_enum("split", "train", ["train", "val"], "Split of cfg.data to convert.")
-flags.DEFINE_string("out", None, "Output path prefix of the shards.")
-flags.DEFINE_integer("shards", 1, "Number of shards.", lower_bound=1)
-flags.DEFINE_multi_string("set", [], "Config override key=value (repeatable).")
-flags.DEFINE_boolean("decode_check", False, "Also decode every image while validating (slow).")
+FLAGS = cli.FLAGS
 
 
 def convert(config_path: str, split: str, out_prefix: str, num_shards: int,
@@ -60,16 +54,19 @@ def convert(config_path: str, split: str, out_prefix: str, num_shards: int,
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    try:
-        paths = convert(FLAGS.config, FLAGS.split, FLAGS.out, FLAGS.shards, FLAGS.set,
-                        FLAGS.decode_check)
-    except (ConfigError, DatasetError) as e:
-        raise SystemExit(f"tfpose.data.convert: {e}") from None
+        raise cli.app.UsageError(f"unexpected arguments: {argv[1:]}")
+    paths = convert(FLAGS.config, FLAGS.split, FLAGS.out, FLAGS.shards, FLAGS.set,
+                    FLAGS.decode_check)
     for path in paths:
         print(path)
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["config", "out"])
-    app.run(main)
+    cli.define_config_flags()
+    cli.flags.DEFINE_enum("split", "train", ["train", "val"], "Split of cfg.data to convert.")
+    cli.flags.DEFINE_string("out", None, "Output path prefix of the shards.")
+    cli.flags.DEFINE_integer("shards", 1, "Number of shards.", lower_bound=1)
+    cli.flags.DEFINE_boolean("decode_check", False, "Also decode every image while validating "
+                             "(slow).")
+    cli.flags.mark_flag_as_required("out")
+    cli.run(main)

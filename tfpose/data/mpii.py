@@ -1,16 +1,19 @@
 """MPII reader for the common JSON conversion (a list of person entries).
 
 Each entry: ``image`` (file name), ``joints`` [16, 2], ``joints_vis`` [16], ``center`` [2],
-``scale`` (person height / 200 px), optionally ``headbox``. Entries with the same ``image`` are
-one image with several people.
+``scale`` (person height / 200 px), optionally ``headbox`` and ``image_id``. Entries with the
+same ``image`` are one image with several people. This is the only MPII parser in tfpose: the
+data pipeline and the MPII evaluation (tfpose.evaluation.mpii) both read through it.
 
 Conventions (documented choices):
-    * Coordinates are kept exactly as in the file. They are treated as the package's continuous
-      coordinates (tfpose.codecs.base). Note: MMPose treats this JSON as MATLAB 1-based and
-      subtracts 1 from ``center`` (and older versions from ``joints``); tfpose does not, so
-      ground truth and evaluation use the same numbers.
+    * Coordinates: the file (MMPose's conversion of the MATLAB annotations) keeps MATLAB's
+      1-based pixel indices, so MATLAB pixel p covers the continuous interval [p - 1, p) and has
+      its centre at p - 0.5 in tfpose's continuous convention (tfpose.codecs.base). The reader
+      subtracts 0.5 from ``joints`` and ``center``. (MMPose subtracts 1 because its pixel
+      centres are the integers.) Head boxes are used only through their diagonal, which the
+      shift does not change.
     * v = 1 for a labelled joint; joints with ``joints_vis`` 0 or a negative coordinate (MPII
-      writes -1 for missing joints) get v = 0.
+      writes -1 for missing joints) get (0, 0, 0), as unlabelled COCO keypoints.
     * Box: the square of side ``scale * 200`` centred on ``center``; area = its area (used only
       as an OKS scale if COCO-style AP is computed on MPII).
     * ``head_size`` (PCKh normaliser): with a ``headbox`` key ([x1, y1, x2, y2] or
@@ -20,13 +23,17 @@ Conventions (documented choices):
       spec has no such names.
     * An entry with no labelled joint is not a person of the record: its box goes to
       ``ignore_regions`` (as the COCO reader does for people with 0 keypoints).
-    * Image ids are 1, 2, ... in sorted file-name order (deterministic whatever the entry order);
-      height and width come from the image file header.
+    * Image ids: the entry's ``image_id`` when given (all entries of one image must agree), else
+      the numeric file stem as MMPose does (``005808361.jpg`` -> 5808361), else (a non-numeric
+      name) the image's 1-based position in sorted file-name order, so a file of non-numeric
+      names gets 1..N whatever the entry order. Two images with one id are an error.
+    * Height and width come from the image file header.
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -39,6 +46,8 @@ from tfpose.keypoints import get_spec
 HEAD_SIZE_FACTOR = 0.6
 # MPII `scale` is the person height divided by 200 pixels.
 SCALE_UNIT = 200.0
+# The file's 1-based MATLAB pixel index p has its centre at p - 0.5 in continuous coordinates.
+PIXEL_INDEX_OFFSET = 0.5
 
 _REQUIRED = ("image", "joints", "joints_vis", "center", "scale")
 
@@ -73,6 +82,34 @@ def _head_size(entry, joints: np.ndarray, spec, where: str) -> float:
     return float(math.hypot(top[0] - neck[0], top[1] - neck[1]))
 
 
+def _given_image_id(entry, where: str):
+    """The entry's ``image_id`` (a non-negative int) or None."""
+    if "image_id" not in entry:
+        return None
+    value = entry["image_id"]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DatasetError(f"{where}: image_id must be a non-negative integer, got {value!r}")
+    return value
+
+
+def _image_ids(names: list, given: dict, path: str) -> dict:
+    """file name -> image id (module docstring); DatasetError naming both files on a clash."""
+    ids, owner = {}, {}
+    for rank, name in enumerate(sorted(names), start=1):
+        stem = os.path.splitext(os.path.basename(name))[0]
+        if given.get(name) is not None:
+            image_id = given[name]
+        elif stem.isascii() and stem.isdigit():
+            image_id = int(stem)
+        else:
+            image_id = rank
+        if image_id in owner:
+            raise DatasetError(f"{path}: duplicate image id {image_id} ('{name}' and "
+                               f"'{owner[image_id]}')")
+        ids[name], owner[image_id] = image_id, name
+    return ids
+
+
 def read_mpii(annotations_path: str, images_dir: str, spec="mpii") -> list:
     """Reads an MPII JSON file into ImageRecords (one per distinct ``image``).
 
@@ -82,12 +119,14 @@ def read_mpii(annotations_path: str, images_dir: str, spec="mpii") -> list:
         spec: KeypointSpec or name; K must equal the entries' joint count.
 
     Returns:
-        list of ImageRecord sorted by file name; keypoints float32 [N, K, 3], boxes float32
-        [N, 4] (x, y, w, h), areas float32 [N], head_size float32 [N].
+        list of ImageRecord sorted by file name; keypoints float32 [N, K, 3] in continuous
+        coordinates (0.5 less than the file's 1-based values), boxes float32 [N, 4] (x, y, w, h),
+        areas float32 [N], head_size float32 [N].
 
     Raises:
         DatasetError: naming the file and entry index for non-JSON input, missing keys, joint
-            counts other than K, an unreadable image, or an empty list.
+            counts other than K, bad or conflicting image ids, duplicate image ids, an
+            unreadable image, or an empty list.
     """
     spec = get_spec(spec)
     k = spec.num_keypoints
@@ -99,6 +138,7 @@ def read_mpii(annotations_path: str, images_dir: str, spec="mpii") -> list:
     if not data:
         raise DatasetError(f"{path}: no entries (empty dataset)")
     people: dict = {}
+    given: dict = {}
     for i, entry in enumerate(data):
         where = f"{path}: entry [{i}]"
         if not isinstance(entry, dict):
@@ -109,20 +149,25 @@ def read_mpii(annotations_path: str, images_dir: str, spec="mpii") -> list:
         name = entry["image"]
         if not isinstance(name, str) or not name:
             raise DatasetError(f"{where}: image must be a non-empty file name, got {name!r}")
+        image_id = _given_image_id(entry, where)
+        if name in given and given[name] != image_id:
+            raise DatasetError(f"{where} ('{name}'): image_id {image_id!r} differs from the "
+                               f"image's earlier entries ({given[name]!r})")
+        given[name] = image_id
         joints_in = np.asarray(entry["joints"], dtype=object)
         if joints_in.ndim != 2 or joints_in.shape[1] != 2 or joints_in.shape[0] != k:
             raise DatasetError(f"{where} ('{name}'): joints has shape {list(joints_in.shape)}, "
                                f"expected [{k}, 2] ({k} keypoints of spec '{spec.name}')")
         xy = _numbers(entry["joints"], (k, 2), where, "joints")
         vis = _numbers(entry["joints_vis"], (k,), where, "joints_vis")
-        center = _numbers(entry["center"], (2,), where, "center")
+        center = _numbers(entry["center"], (2,), where, "center") - PIXEL_INDEX_OFFSET
         scale = entry["scale"]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 \
                 or not math.isfinite(scale):
             raise DatasetError(f"{where}: scale must be a positive number, got {scale!r}")
         labelled = (vis > 0) & (xy >= 0).all(axis=1)
         keypoints = np.zeros((k, 3), np.float32)
-        keypoints[:, :2] = xy
+        keypoints[labelled, :2] = xy[labelled] - PIXEL_INDEX_OFFSET
         keypoints[:, 2] = labelled.astype(np.float32)
         side = float(scale) * SCALE_UNIT
         box = [center[0] - side / 2, center[1] - side / 2, side, side]
@@ -134,13 +179,14 @@ def read_mpii(annotations_path: str, images_dir: str, spec="mpii") -> list:
         head = _head_size(entry, keypoints, spec, where)
         image["people"].append((keypoints, box, side * side, head))
 
+    ids = _image_ids(list(people), given, path)
     records = []
-    for image_id, name in enumerate(sorted(people), start=1):
+    for name in sorted(people):
         file_path = image_path(str(images_dir), name)
         height, width = image_size(file_path)
         entries = people[name]["people"]
         records.append(ImageRecord(
-            image_id=image_id, path=file_path, height=height, width=width,
+            image_id=ids[name], path=file_path, height=height, width=width,
             keypoints=np.asarray([e[0] for e in entries], np.float32).reshape(-1, k, 3),
             boxes=np.asarray([e[1] for e in entries], np.float32).reshape(-1, 4),
             areas=np.asarray([e[2] for e in entries], np.float32).reshape(-1),

@@ -2,7 +2,7 @@
 
     evaluate("coco", "person_keypoints_val2017.json", results, "coco")
     evaluate("crowdpose", cfg.data.val, "results.json", cfg.spec)
-    evaluate("mpii", "mpii_val.json", results, "mpii")            # PCKh@0.5 + multi-person mAP
+    evaluate("mpii", cfg.data.val, results, "mpii")               # PCKh@0.5 + multi-person mAP
 
 Predictions are given in the COCO keypoint results format (a list of
 ``{"image_id", "category_id": 1, "keypoints": [x, y, score] * K, "score"}`` or the path of a JSON
@@ -32,12 +32,20 @@ def _annotation_path(annotations) -> str:
     return os.fspath(path)
 
 
+def _images_dir(annotations, ann_file: str) -> str:
+    """The split's ``images`` folder; empty (or a plain path given) means the annotation file's
+    folder, as in tfpose.data.readers.read_split."""
+    images = getattr(annotations, "images", "")
+    return os.fspath(images) if images else os.path.dirname(ann_file) or "."
+
+
 def evaluate(metric: str, annotations, results, spec=None, **kwargs) -> dict:
     """Computes one dataset's metrics.
 
     Args:
         metric: str, ``coco``, ``crowdpose`` or ``mpii``.
-        annotations: the ground-truth file path, or a split config with an ``annotations`` path.
+        annotations: the ground-truth file path, or a split config with an ``annotations`` path
+            (and for ``mpii`` an ``images`` folder, read by tfpose.data.mpii.read_mpii).
         results: COCO-format keypoint results: a list of dicts or the path of a JSON file.
         spec: KeypointSpec or built-in spec name; defaults to the metric's dataset spec.
         **kwargs: passed on to :func:`.coco.evaluate_coco`, :func:`.crowdpose.evaluate_crowdpose`
@@ -66,4 +74,5 @@ def evaluate(metric: str, annotations, results, spec=None, **kwargs) -> dict:
                                   **kwargs)
     from tfpose.evaluation.mpii import evaluate_mpii
 
-    return evaluate_mpii(ann_file, results, spec if spec is not None else "mpii", **kwargs)
+    return evaluate_mpii(ann_file, _images_dir(annotations, ann_file), results,
+                         spec if spec is not None else "mpii", **kwargs)

@@ -22,22 +22,27 @@ toolkit ``evalMPII``: ``evaluateAP.m``, ``assignGTmulti.m``, ``getRPC.m``, ``VOC
    mAP = mean of the per-joint APs (MPII: the 14 joints without pelvis and thorax; the "Head"
    column averages upper neck and head top, as in ``genTableAP``).
 
-The official benchmark scores only the annotated multi-person groups of each test image; here
-every person of the annotation file is scored. Values are fractions in [0, 1].
+The ground truth of :func:`evaluate_mpii` is :func:`tfpose.data.mpii.read_mpii`'s records (the
+one MPII parser: image ids, coordinates, head sizes). The official benchmark scores only the
+annotated multi-person groups of each test image; here every person of the annotation file with
+a labelled joint and a head size is scored. Values are fractions in [0, 1].
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
+from tfpose.data.mpii import read_mpii
 from tfpose.evaluation import EvaluationError
-from tfpose.evaluation.coco import load_results, read_json
+from tfpose.evaluation.coco import load_results
 from tfpose.keypoints import KeypointSpec, get_spec
 
-SC_BIAS = 0.6  # util_get_head_size.m: head size = 0.6 * head box diagonal
+logger = logging.getLogger(__name__)
+
 PCKH_THRESHOLD = 0.5
 
 # MPII joints left out of the mean (MMPose/HRNet PCKh "Mean"; the toolkit's 14 AP joints).
@@ -47,19 +52,6 @@ _LIMBS = ("shoulder", "elbow", "wrist", "hip", "knee", "ankle")
 _MPII_PCKH_TABLE = (("Head", ("head_top",)),) + tuple(
     (limb.title(), (f"left_{limb}", f"right_{limb}")) for limb in _LIMBS)
 _MPII_AP_TABLE = (("Head", ("upper_neck", "head_top")),) + _MPII_PCKH_TABLE[1:]
-
-
-def head_size_from_box(head_boxes) -> np.ndarray:
-    """MPII head size: 0.6 * the head box diagonal.
-
-    Args:
-        head_boxes: float [N, 4] (x1, y1, x2, y2) or [N, 2, 2] ((x1, y1), (x2, y2)).
-
-    Returns:
-        float64 [N].
-    """
-    boxes = np.asarray(head_boxes, dtype=np.float64).reshape(-1, 4)
-    return SC_BIAS * np.linalg.norm(boxes[:, 2:] - boxes[:, :2], axis=-1)
 
 
 def _is_mpii(spec: KeypointSpec) -> bool:
@@ -98,7 +90,7 @@ def pckh_per_joint(pred, gt, head_sizes, threshold: float = PCKH_THRESHOLD, visi
         pred: float [N, K, 2+]: predicted (x, y, ...) of the person of each ground truth;
             non-finite coordinates count as missed joints.
         gt: float [N, K, 2] or [N, K, 3] (x, y[, v]).
-        head_sizes: float [N] (see :func:`head_size_from_box`).
+        head_sizes: float [N] (ImageRecord.head_size of tfpose.data.mpii).
         threshold: float, the fraction of the head size (0.5 for PCKh@0.5).
         visible: optional bool [N, K], the annotated joints; default v > 0 (all with 2 channels).
 
@@ -279,86 +271,42 @@ def evaluate_mpii_map(gt: Sequence, head_sizes: Sequence, pred: Sequence, spec="
 # --- file level -----------------------------------------------------------------------------
 
 
-def _image_id(entry: Mapping, index: int, where: str) -> int:
-    if "image_id" in entry:
-        return int(entry["image_id"])
-    stem = os.path.splitext(os.path.basename(str(entry.get("image", ""))))[0]
-    if not stem.isdigit():
-        raise EvaluationError(f"{where}: entry {index} has no 'image_id' and its image name "
-                              f"{entry.get('image')!r} is not a number")
-    return int(stem)
+def _ground_truth(records: list, spec: KeypointSpec, ann_file: str) -> dict:
+    """image_id -> (gt float64 [G, K, 3], head sizes float64 [G]); persons without a positive
+    head size are dropped with one counted warning."""
+    out, skipped, total = {}, 0, 0
+    for r in records:
+        sizes = np.asarray(r.head_size, np.float64)
+        keep = sizes > 0  # NaN compares False
+        skipped += int((~keep).sum())
+        total += keep.size
+        keypoints = np.asarray(r.keypoints, np.float64).reshape(-1, spec.num_keypoints, 3)
+        out[r.image_id] = (keypoints[keep], sizes[keep])
+    if skipped:
+        logger.warning("%s: skipped %d of %d persons without a head size (no headbox and "
+                       "upper_neck or head_top unlabelled)", ann_file, skipped, total)
+    return out
 
 
-def read_mpii_ground_truth(ann_file, spec="mpii", head_sizes: Optional[Sequence[float]] = None):
-    """Reads MPII ground truth (the common JSON conversion: one entry per person).
-
-    Each entry has ``image``, ``joints`` [K, 2], ``joints_vis`` [K] (1 = annotated) and a head
-    size from ``head_size``, or ``headbox`` ([x1, y1, x2, y2] or [[x1, y1], [x2, y2]],
-    0.6 * diagonal), or the ``head_sizes`` argument. The image id is ``image_id`` when given,
-    else the image file's numeric name (``005808361.jpg`` -> 5808361).
-
-    Args:
-        ann_file: path of the JSON list.
-        spec: KeypointSpec or name (K).
-        head_sizes: optional float [N], one per entry in file order (overrides the file).
-
-    Returns:
-        dict image_id -> (gt float64 [G, K, 3], head_sizes float64 [G]), in file order.
-    """
-    spec = get_spec(spec)
-    path = os.fspath(ann_file)
-    where = f"annotation file {path}"
-    data = read_json(path, "annotation file")
-    if not isinstance(data, list):
-        raise EvaluationError(f"{where}: expected a JSON list of MPII person entries")
-    if head_sizes is not None and len(head_sizes) != len(data):
-        raise EvaluationError(f"{where}: {len(head_sizes)} head sizes for {len(data)} entries")
-    k = spec.num_keypoints
-    images: dict = {}
-    for i, entry in enumerate(data):
-        if not isinstance(entry, dict):
-            raise EvaluationError(f"{where}: entry {i} is not an object")
-        try:
-            joints = np.asarray(entry["joints"], dtype=np.float64)
-            vis = np.asarray(entry["joints_vis"], dtype=np.float64).reshape(-1)
-        except KeyError as e:
-            raise EvaluationError(f"{where}: entry {i} has no {e.args[0]!r}") from None
-        except (TypeError, ValueError):
-            raise EvaluationError(f"{where}: entry {i} has non-numeric joints") from None
-        if joints.shape != (k, 2) or vis.shape != (k,):
-            raise EvaluationError(f"{where}: entry {i} has joints {list(joints.shape)}, spec "
-                                  f"'{spec.name}' needs [{k}, 2] and {k} joints_vis")
-        if head_sizes is not None:
-            size = float(head_sizes[i])
-        elif "head_size" in entry:
-            size = float(entry["head_size"])
-        elif "headbox" in entry:
-            size = float(head_size_from_box(entry["headbox"])[0])
-        else:
-            raise EvaluationError(f"{where}: entry {i} ({entry.get('image')}) has no 'headbox' "
-                                  f"or 'head_size'; PCKh needs head sizes (pass head_sizes=...)")
-        if (vis > 0).any() and not size > 0:
-            raise EvaluationError(f"{where}: entry {i} has head size {size}, must be positive")
-        image_id = _image_id(entry, i, where)
-        person = np.concatenate([joints, (vis > 0).astype(np.float64)[:, None]], axis=1)
-        gts, sizes = images.setdefault(image_id, ([], []))
-        gts.append(person)
-        sizes.append(size)
-    return {i: (np.stack(g), np.asarray(s)) for i, (g, s) in images.items()}
-
-
-def evaluate_mpii(ann_file, results, spec="mpii", threshold: float = PCKH_THRESHOLD,
-                  head_sizes: Optional[Sequence[float]] = None,
+def evaluate_mpii(annotations, images_dir, results, spec="mpii",
+                  threshold: float = PCKH_THRESHOLD,
                   image_ids: Optional[Sequence[int]] = None) -> dict:
     """MPII multi-person AP table and PCKh of COCO-format results against an MPII JSON file.
 
+    The ground truth is :func:`tfpose.data.mpii.read_mpii`'s records: its image ids, continuous
+    coordinates and head sizes (0.6 * head-box diagonal, else the upper_neck <-> head_top
+    fallback). A person whose head size is NaN (no head box and a fallback joint unlabelled) or
+    zero cannot be scored: it is left out of the ground truth with one warning counting such
+    persons, so a prediction of it counts as a false positive in the AP.
+
     Args:
-        ann_file: MPII JSON (see :func:`read_mpii_ground_truth`).
+        annotations: MPII JSON file.
+        images_dir: folder of its images (read_mpii reads their sizes).
         results: COCO keypoint results (list of dicts or file path); each result is one
-            predicted person whose keypoint triples are (x, y, joint score).
+            predicted person whose keypoint triples are (x, y, joint score) in the same
+            continuous coordinates.
         spec: KeypointSpec or name.
         threshold: PCKh threshold.
-        head_sizes: optional [N] head sizes, one per file entry.
         image_ids: optional subset of image ids (default: all).
 
     Returns:
@@ -367,8 +315,8 @@ def evaluate_mpii(ann_file, results, spec="mpii", threshold: float = PCKH_THRESH
         as wrong).
     """
     spec = get_spec(spec)
-    ann_file = os.fspath(ann_file)
-    gt = read_mpii_ground_truth(ann_file, spec, head_sizes)
+    ann_file = os.fspath(annotations)
+    gt = _ground_truth(read_mpii(ann_file, os.fspath(images_dir), spec), spec, ann_file)
     if image_ids is None:
         ids = list(gt)
     else:

@@ -169,6 +169,6 @@ def test_convert_cli(tmp_path, data_dir):
     bad = subprocess.run(
         [sys.executable, "-m", "tfpose.data.convert", "--config", config, "--out", out],
         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines()[-1] == (
-        "tfpose.data.convert: unused.json: annotation file not found")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == "error: unused.json: annotation file not found"
+    assert "Traceback" not in bad.stderr

@@ -1,14 +1,18 @@
 """MPII PCKh and multi-person mAP against hand-computed values."""
 
 import json
+import logging
 
+import cv2
 import numpy as np
 import pytest
 
+from tfpose.config import SplitConfig
+from tfpose.data.mpii import read_mpii
+from tfpose.data.records import DatasetError
 from tfpose.evaluation import EvaluationError, evaluate
 from tfpose.evaluation.mpii import (assign_predictions, evaluate_mpii, evaluate_mpii_map,
-                                    evaluate_pckh, head_size_from_box, multi_person_ap,
-                                    pckh_per_joint, voc_ap)
+                                    evaluate_pckh, multi_person_ap, pckh_per_joint, voc_ap)
 from tfpose.keypoints import get_spec, spec_from_dict
 
 SPEC = get_spec("mpii")
@@ -25,11 +29,6 @@ def mpii(data_dir):
                                    np.asarray(e["joints_vis"], np.float64)[:, None]], 1)
                    for e in entries])
     return str(path), entries, gt  # gt [5, 16, 3]
-
-
-def test_head_size_from_box():
-    np.testing.assert_allclose(head_size_from_box([[10, 20, 40, 60]]), [30.0])  # 0.6 * 50
-    np.testing.assert_allclose(head_size_from_box([[[0, 0], [6, 8]]]), [6.0])
 
 
 def test_pckh_ground_truth_and_hand_computed_perturbation(mpii):
@@ -143,30 +142,106 @@ def test_multi_person_map_on_mpii_mini(mpii):
     assert table["mAP"] == pytest.approx((12 + 0.64 + 0.8) / 14)
 
 
-def test_evaluate_mpii_file(mpii):
-    path, entries, gt = mpii
+def _results(records, skip=()):
+    """The records' people as COCO results: (x, y, v) keypoints, v as the joint score."""
+    return [{"image_id": r.image_id, "category_id": 1, "keypoints": k.reshape(-1).tolist(),
+             "score": 1.0} for r in records for k in r.keypoints if r.image_id not in skip]
+
+
+def _with_headboxes(tmp_path, entries, sizes=HEAD_SIZES):
+    """mpii_mini entries with head boxes of 0.6 * diagonal = sizes (3-4-5 boxes)."""
+    data = [dict(e, headbox=[100, 50, 100 + 0.8 * h / 0.6, 50 + 0.6 * h / 0.6])
+            for e, h in zip(entries, sizes)]
+    path = tmp_path / "mpii_headbox.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_evaluate_mpii_file(tmp_path, mpii, data_dir):
+    _, entries, gt = mpii
     ids, _, _ = _per_image(entries, gt)
-    results = [{"image_id": i, "category_id": 1, "keypoints": g.reshape(-1).tolist(),
-                "score": 1.0} for i, g in zip(ids, gt)]
-    with pytest.raises(EvaluationError, match=r"test_mpii.json: entry 0 .* has no 'headbox'"):
-        evaluate_mpii(path, results)
-    m = evaluate("mpii", path, results, "mpii", head_sizes=HEAD_SIZES)
+    images = str(data_dir / "mpii_mini")
+    path = _with_headboxes(tmp_path, entries)
+    records = read_mpii(path, images, "mpii")
+    by_id = {r.image_id: r for r in records}
+    np.testing.assert_allclose([by_id[i].head_size[0] for i in ids], HEAD_SIZES, rtol=1e-5)
+    results = _results(records)
+    m = evaluate_mpii(path, images, results)
     assert m["mAP"] == m["PCKh"] == 1.0 and m["Head"] == 1.0
+
+    # PCKh threshold in the reader's coordinates: person 0 (head 40) shifted by exactly 0.5 * 40
+    # is still correct, a little more loses its 14 scored joints
+    def shifted(dx):
+        return [dict(r, keypoints=(np.asarray(r["keypoints"]).reshape(16, 3) + [dx, 0, 0])
+                     .reshape(-1).tolist()) if r["image_id"] == ids[0] else r for r in results]
+
+    assert evaluate_mpii(path, images, shifted(20.0))["PCKh"] == 1.0
+    assert evaluate_mpii(path, images, shifted(20.01))["PCKh"] == pytest.approx(52 / 66)
 
     # drop person 2's prediction: PCKh loses its 12 annotated scored joints (of 66); AP recall
     # 4/5, but 3/3 for the ankles (person 2 has none annotated)
-    partial = [r for r in results if r["image_id"] != ids[2]]
-    m = evaluate_mpii(path, partial, head_sizes=HEAD_SIZES)
+    partial = _results(records, skip={ids[2]})
+    m = evaluate_mpii(path, images, partial)
     assert m["PCKh"] == pytest.approx(54 / 66)
     assert m["Shoulder"] == pytest.approx(0.8) and m["Ankle"] == pytest.approx(1.0)
-    assert evaluate_mpii(path, [], head_sizes=HEAD_SIZES) == pytest.approx(
+    assert evaluate_mpii(path, images, []) == pytest.approx(
         {"Head": 0.0, "Shoulder": 0.0, "Elbow": 0.0, "Wrist": 0.0, "Hip": 0.0, "Knee": 0.0,
          "Ankle": 0.0, "mAP": 0.0, "PCKh": 0.0})
-    only = evaluate_mpii(path, partial, head_sizes=HEAD_SIZES, image_ids=[ids[0], ids[1]])
+    only = evaluate_mpii(path, images, partial, image_ids=[ids[0], ids[1]])
     assert only["mAP"] == only["PCKh"] == 1.0
 
-    with pytest.raises(EvaluationError, match=r"image_id 7 is not in .*test_mpii.json"):
-        evaluate_mpii(path, [dict(results[0], image_id=7)], head_sizes=HEAD_SIZES)
+    first = next(r for r in results if r["image_id"] == ids[0])
+    with pytest.raises(EvaluationError, match=r"image_id 7 is not in .*mpii_headbox.json"):
+        evaluate_mpii(path, images, [dict(first, image_id=7)])
+    with pytest.raises(EvaluationError, match=r"image_id 7 is not in .*mpii_headbox.json"):
+        evaluate_mpii(path, images, results, image_ids=[7])
     with pytest.raises(EvaluationError, match=r"image_id 5808361\) has 45 keypoint values"):
-        evaluate_mpii(path, [dict(results[0], keypoints=results[0]["keypoints"][:45])],
-                      head_sizes=HEAD_SIZES)
+        evaluate_mpii(path, images, [dict(first, keypoints=first["keypoints"][:45])])
+    with pytest.raises(DatasetError, match=r"nowhere/004645041.jpg: image file cannot be opened"):
+        evaluate_mpii(path, str(tmp_path / "nowhere"), results)
+
+
+def test_mpii_mini_ground_truth_through_dispatcher(mpii, data_dir):
+    path, _, _ = mpii
+    split = SplitConfig(annotations=path, images=str(data_dir / "mpii_mini"), format="mpii")
+    records = read_mpii(split.annotations, split.images, "mpii")
+    assert np.isfinite(np.concatenate([r.head_size for r in records])).all()  # fallback sizes
+    results = _results(records)
+    m = evaluate("mpii", split, results, "mpii")
+    assert m["mAP"] == 1.0 and m["PCKh"] == 1.0
+    # an empty images folder (or a plain path) means the annotation file's folder
+    assert evaluate("mpii", SplitConfig(annotations=path, format="mpii"), results) == m
+    assert evaluate("mpii", path, results) == m
+
+
+def test_file_level_ids_people_and_unknown_head_sizes(tmp_path, caplog):
+    """Non-numeric names (ids 1..N sorted), two people in one image, a NaN head size."""
+    for name in ("b.jpg", "a.jpg"):
+        cv2.imwrite(str(tmp_path / name), np.zeros((200, 300, 3), np.uint8))
+    base = np.array([[10.0 + 10 * j, 20.0 + 5 * j] for j in range(16)])
+
+    def person(image, shift, headbox=None, vis=None):
+        entry = {"image": image, "joints": (base + shift).tolist(),
+                 "joints_vis": vis or [1] * 16, "center": [50.0, 60.0], "scale": 0.5}
+        return dict(entry, headbox=headbox) if headbox else entry
+
+    no_top = [1] * 16
+    no_top[J["head_top"]] = 0
+    data = [person("b.jpg", 0, [0, 0, 8, 6]), person("b.jpg", 100, [0, 0, 16, 12]),
+            person("a.jpg", 0, [0, 0, 8, 6]), person("a.jpg", 50, vis=no_top)]
+    ann = tmp_path / "ann.json"
+    ann.write_text(json.dumps(data))
+    records = read_mpii(str(ann), str(tmp_path), "mpii")
+    assert [(r.image_id, r.num_people) for r in records] == [(1, 2), (2, 2)]
+    assert np.isnan(records[0].head_size[1])
+    # MATLAB index p -> p - 0.5: the results are the file's joints minus 0.5
+    np.testing.assert_allclose(records[1].keypoints[1, :, :2], base + 100 - 0.5)
+    scored = _results(records)[:1] + _results(records)[2:]  # without the unscorable person
+    with caplog.at_level(logging.WARNING):
+        m = evaluate("mpii", str(ann), scored)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "skipped 1 of 4 persons without a head size" in warnings[0]
+    assert m["mAP"] == m["PCKh"] == 1.0
+    # the person with no head size is no ground truth: its prediction is a false positive that
+    # ties with the true positives and sorts before image 2's (stable order): AP < 1
+    assert evaluate("mpii", str(ann), _results(records))["mAP"] < 1.0
