@@ -1,0 +1,73 @@
+"""Input normalisation inside the network, so exported models take raw pixels."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# ImageNet statistics of RGB images in [0, 1], used by the HRNet/HigherHRNet/DEKR references
+# (torchvision ``Normalize`` on ``ToTensor`` output).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@keras.saving.register_keras_serializable(package="tfpose")
+class ImageNormalization(keras.layers.Layer):
+    """Maps raw pixels (uint8 or float in [0, max_pixel_value]) to ``(x / max - mean) / std``.
+
+    Computed as one multiply and one add per channel (``x * scale + offset``, MUL/ADD in TFLite),
+    after casting integer inputs to the layer's compute dtype.
+
+    Args:
+        mean: sequence of float, per-channel mean of images scaled to [0, 1].
+        std: sequence of float (> 0), per-channel standard deviation, same length as ``mean``.
+        max_pixel_value: float (> 0), the raw value that maps to 1 (255 for 8-bit images).
+        **kwargs: base ``keras.layers.Layer`` arguments.
+
+    Shapes:
+        ``[..., C]`` with C = len(mean) -> same shape, float.
+    """
+
+    def __init__(self, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_pixel_value=255.0, **kwargs):
+        super().__init__(**kwargs)
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.max_pixel_value = float(max_pixel_value)
+        if not self.mean or len(self.mean) != len(self.std):
+            raise ValueError(
+                "`mean` and `std` must be non-empty and of equal length. "
+                f"Received: mean={mean}, std={std}"
+            )
+        if min(self.std) <= 0:
+            raise ValueError(f"`std` must be positive. Received: std={std}")
+        if self.max_pixel_value <= 0:
+            raise ValueError(
+                f"`max_pixel_value` must be positive. Received: max_pixel_value={max_pixel_value}"
+            )
+        self._scale = 1.0 / (self.max_pixel_value * np.asarray(self.std))
+        self._offset = -np.asarray(self.mean) / np.asarray(self.std)
+
+    def build(self, input_shape):
+        if input_shape[-1] is not None and input_shape[-1] != len(self.mean):
+            raise ValueError(
+                f"{self.name} normalises {len(self.mean)} channels. Received: input_shape={input_shape}"
+            )
+
+    def call(self, inputs):
+        dtype = self.compute_dtype
+        x = tf.cast(inputs, dtype)
+        return x * tf.constant(self._scale, dtype) + tf.constant(self._offset, dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_output_spec(self, inputs):
+        return keras.KerasTensor(inputs.shape, dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"mean": list(self.mean), "std": list(self.std), "max_pixel_value": self.max_pixel_value}
+        )
+        return config
