@@ -122,6 +122,11 @@ class TrainConfig:
     keep_checkpoints: int = field(3, low=1)
     eval_every: int = field(1, low=0, doc="epochs between evaluations (0 = never)")
     log_every: int = field(20, low=1, doc="steps between TensorBoard scalars")
+    momentum: float = field(0.9, low=0.0, high=1.0, doc="SGD momentum")
+    best_metric: str = field("", doc="evaluation metric whose best value is kept in best/ "
+                             "(empty: AP, or the metric's first value, e.g. PCKh)")
+    summary_images: int = field(4, low=0, doc="val images drawn with their predictions in "
+                                "TensorBoard at each evaluation")
 
     def validate(self):
         if any(b <= a for a, b in zip(self.lr_steps, self.lr_steps[1:])):

@@ -39,9 +39,16 @@ class Method:
     Args:
         name: str, config ``method`` value.
         codec: str, the codec type the method uses.
-        build_model: callable(cfg) -> keras.Model.
-        build_loss: callable(cfg) -> loss object.
+        build_model: callable(cfg) -> keras.Model taking float32 RGB images 0..255 [B, S, S, 3]
+            (normalising is the model's job) and returning a dict name -> tensor (what
+            ``codec.decode`` and the loss take), float32 under every precision policy.
+        build_loss: callable(cfg) -> loss, called as ``loss(targets, outputs) -> dict name ->
+            [B] float32``: one per-sample value per named term (already weighted, reduced over
+            the sample's pixels/keypoints/people as the method defines), NOT averaged over the
+            batch; the training loop divides by the global batch (tfpose/training/loop.py).
         check_config: callable(cfg, err) for cross-field checks; `err(msg)` raises a ConfigError.
+        stages: dict name -> callable(cfg, RunArgs): extra training stages run by
+            ``python -m tfpose.train --stage NAME`` (e.g. a pose-scoring net).
     """
 
     name: str
@@ -49,6 +56,7 @@ class Method:
     build_model: Optional[Callable] = None
     build_loss: Optional[Callable] = None
     check_config: Callable = _no_checks
+    stages: dict = dataclasses.field(default_factory=dict)
 
 
 def register_method(method: Method) -> Method:

@@ -1,0 +1,254 @@
+"""Crash-safe checkpoints: a kill -9 or power loss at any moment never leaves an unloadable latest.
+
+Layout of a checkpoint directory (``<out_dir>/checkpoints``, and ``<out_dir>/best`` for the
+best-metric checkpoint)::
+
+    latest.json          {"checkpoint": "ckpt-1200", "step": 1200, ...}: the ONLY source of truth
+    ckpt-1200/ckpt.index, ckpt-1200/ckpt.data-*, ckpt-1200/info.json
+    ckpt-1000/...        older checkpoints, the newest ``keep`` are kept
+
+Why not ``tf.train.CheckpointManager``: it writes ``ckpt-N.index``, ``ckpt-N.data-*`` and the
+``checkpoint`` state file as separate files in one directory and fsyncs none of them (the state
+file is only renamed into place), so after a machine crash or power loss the state file can name
+a checkpoint whose data never reached the disk; its retention deletes index and data files one
+by one next to the live checkpoints.
+
+Protocol of :meth:`CheckpointStore.save`:
+    1. ``tf.train.Checkpoint.write`` into a fresh ``.tmp-*`` directory, plus ``info.json``;
+    2. fsync every file and the directory;
+    3. rename the directory to ``ckpt-<step>`` (atomic) and fsync the parent;
+    4. write ``latest.json`` to a temporary file, fsync, ``os.replace`` it over the pointer
+       (atomic), fsync the parent;
+    5. delete checkpoints beyond ``keep`` (renamed to ``.trash-*`` first, then removed).
+A crash before 4 leaves the pointer on the previous, complete checkpoint; ``.tmp-*``, ``.trash-*``
+and unreferenced newer ``ckpt-*`` directories are debris that the next writer removes.
+Atomic renames need a POSIX file system (local disk, NFS): ``train.out_dir`` must be one, shared by
+all workers in multi-worker training.
+
+A checkpoint holds ``model``, ``optimizer`` (with its ``iterations``: the LR-schedule position),
+``state`` (:class:`TrainState`: step, epoch, data position, best metric) and ``rng`` (the model's
+keras SeedGenerator states). :func:`restore_model` loads only the model, for evaluation and
+prediction.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+import uuid
+
+import tensorflow as tf
+
+POINTER = "latest.json"
+PREFIX = "ckpt"  # file prefix inside a checkpoint directory
+_NAME = re.compile(r"^ckpt-(\d+)(?:\.(\d+))?$")  # ckpt-<step>[.<re-save>]
+
+
+def _order(name: str) -> tuple:
+    match = _NAME.match(name)
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else (-1, -1)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be found or does not match the model; names the path."""
+
+
+class TrainState(tf.Module):
+    """Loop counters saved with every checkpoint.
+
+    Attributes (tf.Variable, read them with ``int(...)``/``float(...)``):
+        step: optimizer steps taken.
+        epoch: epochs completed.
+        data_stream: index of the current training data stream (its seed is cfg.seed + index).
+        stream_steps: steps already taken from that stream (skipped on resume).
+        best_metric: best evaluation metric so far (-inf before the first evaluation).
+    """
+
+    def __init__(self):
+        super().__init__(name="train_state")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False, name="epoch")
+        self.data_stream = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_stream")
+        self.stream_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="stream_steps")
+        self.best_metric = tf.Variable(-math.inf, dtype=tf.float64, trainable=False,
+                                       name="best_metric")
+
+    def as_dict(self) -> dict:
+        return {"step": int(self.step.numpy()), "epoch": int(self.epoch.numpy()),
+                "data_stream": int(self.data_stream.numpy()),
+                "stream_steps": int(self.stream_steps.numpy()),
+                "best_metric": float(self.best_metric.numpy())}
+
+
+def _fsync_path(path: str):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: str):
+    for root, _, files in os.walk(directory):
+        for name in files:
+            _fsync_path(os.path.join(root, name))
+        _fsync_path(root)
+
+
+def _write_json_atomic(path: str, data: dict):
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_path(os.path.dirname(path) or ".")
+
+
+def _remove_dir(path: str):
+    """Removes a directory so that no half-deleted ``ckpt-*`` is ever visible."""
+    trash = os.path.join(os.path.dirname(path), f".trash-{uuid.uuid4().hex[:8]}")
+    os.rename(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+class CheckpointStore:
+    """A directory of atomically written checkpoints (protocol in the module docstring).
+
+    Args:
+        directory: str, where ``latest.json`` and ``ckpt-<step>/`` live.
+        keep: int, number of checkpoints kept (the one ``latest.json`` names is always kept).
+    """
+
+    def __init__(self, directory: str, keep: int):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1. Received: keep={keep}")
+        self.directory = directory
+        self.keep = int(keep)
+
+    # -- reading -------------------------------------------------------------------------------
+    def latest(self) -> dict | None:
+        """The pointer's content (``checkpoint`` name, ``step``, ...) or None without one."""
+        path = os.path.join(self.directory, POINTER)
+        try:
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: unreadable checkpoint pointer ({e})") from None
+
+    def latest_prefix(self) -> str | None:
+        """The ``tf.train.Checkpoint`` prefix of the latest checkpoint, or None."""
+        info = self.latest()
+        if info is None:
+            return None
+        prefix = os.path.join(self.directory, info["checkpoint"], PREFIX)
+        if not tf.io.gfile.exists(prefix + ".index"):
+            raise CheckpointError(f"{os.path.join(self.directory, POINTER)} names "
+                                  f"{info['checkpoint']}, which is missing")
+        return prefix
+
+    def checkpoints(self) -> list[str]:
+        """Names of the complete ``ckpt-*`` directories, oldest first."""
+        if not os.path.isdir(self.directory):
+            return []
+        names = [n for n in os.listdir(self.directory)
+                 if _NAME.match(n) and os.path.isdir(os.path.join(self.directory, n))]
+        return sorted(names, key=_order)
+
+    # -- writing -------------------------------------------------------------------------------
+    def clean(self):
+        """Removes debris of interrupted saves: temporary/trash directories, temporary pointers
+        and checkpoints newer than the pointer (written, but never made latest)."""
+        if not os.path.isdir(self.directory):
+            return
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            if name.startswith((".tmp-", ".trash-")):
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.startswith(POINTER + ".tmp-"):
+                os.remove(path)
+        info = self.latest()
+        current = _order(info["checkpoint"]) if info else (-1, -1)
+        for name in self.checkpoints():
+            if _order(name) > current:
+                _remove_dir(os.path.join(self.directory, name))
+
+    def save(self, checkpoint: tf.train.Checkpoint, step: int, info: dict | None = None) -> str:
+        """Writes ``checkpoint`` as ``ckpt-<step>`` and makes it the latest; returns its prefix."""
+        os.makedirs(self.directory, exist_ok=True)
+        name = self._free_name(int(step))
+        tmp = os.path.join(self.directory, f".tmp-{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        os.makedirs(tmp)
+        checkpoint.write(os.path.join(tmp, PREFIX))
+        record = {**(info or {}), "checkpoint": name, "step": int(step), "time": time.time()}
+        with open(os.path.join(tmp, "info.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f, indent=1, sort_keys=True)
+        _fsync_tree(tmp)
+        final = os.path.join(self.directory, name)
+        os.rename(tmp, final)
+        _fsync_path(self.directory)
+        _write_json_atomic(os.path.join(self.directory, POINTER), record)
+        self._retain(name)
+        return os.path.join(final, PREFIX)
+
+    def _free_name(self, step: int) -> str:
+        """``ckpt-<step>``, or ``ckpt-<step>.<k>`` when that step was saved before (a re-save never
+        touches a directory the pointer may name)."""
+        name, k = f"ckpt-{step}", 0
+        while os.path.exists(os.path.join(self.directory, name)):
+            k += 1
+            name = f"ckpt-{step}.{k}"
+        return name
+
+    def _retain(self, current: str):
+        for name in self.checkpoints()[:-self.keep]:
+            if name != current:
+                _remove_dir(os.path.join(self.directory, name))
+
+
+def resolve_prefix(path: str) -> str:
+    """The checkpoint prefix for a user-given path.
+
+    Accepts a run's ``out_dir`` (its latest checkpoint), a store directory (``checkpoints`` or
+    ``best``), a ``ckpt-<step>`` directory or a prefix; raises CheckpointError otherwise.
+    """
+    for store_dir in (os.path.join(path, "checkpoints"), path):
+        if os.path.isfile(os.path.join(store_dir, POINTER)):
+            return CheckpointStore(store_dir, 1).latest_prefix()
+    for prefix in (os.path.join(path, PREFIX), path):
+        if tf.io.gfile.exists(prefix + ".index"):
+            return prefix
+    raise CheckpointError(f"no checkpoint at {path} (expected a run directory, a checkpoint "
+                          f"directory with {POINTER}, or a ckpt-<step> directory)")
+
+
+def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False):
+    """Reads ``prefix`` into ``checkpoint``; every object must find its values.
+
+    Args:
+        checkpoint: tf.train.Checkpoint whose objects (model, optimizer...) are already built.
+        prefix: str, from :func:`resolve_prefix` or :meth:`CheckpointStore.latest_prefix`.
+        partial: bool, allow the file to hold more objects than ``checkpoint`` (model only).
+    """
+    try:
+        status = checkpoint.read(prefix)
+        status.assert_existing_objects_matched()
+        if partial:
+            status.expect_partial()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{prefix}: does not match this model/optimizer ({first})") from None
+    return status
+
+
+def restore_model(model, path: str) -> str:
+    """Loads the model weights of a training checkpoint; returns the prefix read."""
+    prefix = resolve_prefix(path)
+    restore(tf.train.Checkpoint(model=model), prefix, partial=True)
+    return prefix
