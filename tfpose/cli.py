@@ -35,10 +35,11 @@ def user_errors_as_lines(main):
     @functools.wraps(main)
     def wrapped(argv):
         from tfpose.evaluation import EvaluationError
+        from tfpose.training.checkpoint import CheckpointError
 
         try:
             return main(argv)
-        except USER_ERRORS + (EvaluationError,) as e:
+        except USER_ERRORS + (EvaluationError, CheckpointError) as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
 

@@ -71,6 +71,18 @@ def compute_metrics(cfg, results: list) -> dict:
     return evaluation.evaluate(cfg.eval.metric, cfg.data.val, results, cfg.spec)
 
 
+def load_model(cfg, checkpoint: str):
+    """The config's model with the weights of a training checkpoint (run dir or ckpt path)."""
+    from tfpose.registry import METHODS
+    from tfpose.training.checkpoint import restore_model
+
+    if not cfg.method:
+        raise cli.ConfigError(f"{cfg.source}: evaluating a checkpoint needs a 'method'")
+    model = METHODS[cfg.method].build_model(cfg)
+    restore_model(model, checkpoint)
+    return model
+
+
 def evaluate(cfg, oracle: bool = False, checkpoint: str = "", results_path: str = "") -> dict:
     """Evaluates and returns the metrics; writes the results file when `results_path` is set."""
     from tfpose.data.pipeline import build_dataset
@@ -82,9 +94,8 @@ def evaluate(cfg, oracle: bool = False, checkpoint: str = "", results_path: str 
     if oracle:
         outputs_fn = lambda batch: codec.oracle_outputs(batch["targets"])  # noqa: E731
     else:
-        from tfpose.predict import load_predictor
-
-        outputs_fn = load_predictor(cfg, checkpoint).outputs
+        model = load_model(cfg, checkpoint)
+        outputs_fn = lambda batch: model(batch["image"], training=False)  # noqa: E731
     results = collect_results(dataset, outputs_fn, codec, cfg.eval.max_images)
     if results_path:
         write_coco_results(results, results_path)

@@ -61,15 +61,12 @@ def run(cfg, resume: bool = False, stage: str = "", strategy=None, **trainer_kwa
 
 def main(argv):
     del argv
-    from tfpose.training.checkpoint import CheckpointError
     from tfpose.training.loop import TrainingDiverged
 
     logging.getLogger("tfpose").setLevel(logging.INFO)
     cfg = cli.load_config_from_flags()
     try:
         result = run(cfg, resume=FLAGS.resume, stage=FLAGS.stage)
-    except CheckpointError as e:
-        raise cli.ConfigError(str(e)) from None
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
