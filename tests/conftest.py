@@ -23,3 +23,18 @@ def data_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO
+
+
+@pytest.fixture
+def run_tflite():
+    """Runs a .tflite flatbuffer on one input with the LiteRT interpreter; returns output 0."""
+    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+
+    def run(content: bytes, x):
+        interpreter = interpreter_module.Interpreter(model_content=content)
+        interpreter.allocate_tensors()
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
+        interpreter.invoke()
+        return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+    return run

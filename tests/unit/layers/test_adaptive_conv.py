@@ -4,12 +4,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from tensorflow.lite.python import schema_py_generated as tflite_schema
 
+from tfpose.export.tflite import GPU_DELEGATE_OPS, keras_to_tflite, operator_names
 from tfpose.layers.adaptive_conv import AdaptiveBlock, AdaptiveConv2D
 
-# GPU-delegate ops (DESIGN.md section 3) an adaptive block converts to.
-GPU_DELEGATE_OPS = {
+# The delegate ops (DESIGN.md section 3) an adaptive block converts to.
+BLOCK_OPS = {
     "ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM", "FLOOR", "CAST", "RESHAPE", "CONCATENATION",
     "SLICE", "GATHER", "CONV_2D", "DEPTHWISE_CONV_2D", "RELU",
 }  # fmt: skip
@@ -167,37 +167,15 @@ def test_adaptive_block_identity_start_is_residual_conv_bn_relu():
     assert plain(x).shape == (2, 6, 6, 8) and plain.projection is None
 
 
-def test_tflite_conversion_uses_delegate_ops_only(tmp_path):
+def test_tflite_conversion_uses_delegate_ops_only(tmp_path, run_tflite):
     inputs = keras.Input((8, 8, 4), batch_size=1)
     x = AdaptiveConv2D(4, transform_initializer="random_normal", name="ada")(inputs)
     outputs = AdaptiveBlock(6, name="block")(x)
     model = keras.Model(inputs, outputs)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda t: model(t, training=False),
-        input_signature=[tf.TensorSpec((1, 8, 8, 4), tf.float32)],
-    )
-    archive.write_out(str(tmp_path / "sm"), verbose=False)
-    content = tf.lite.TFLiteConverter.from_saved_model(str(tmp_path / "sm")).convert()
-
-    flat = tflite_schema.Model.GetRootAs(content, 0)
-    names = {v: k for k, v in vars(tflite_schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = [
-        names[max(flat.OperatorCodes(i).BuiltinCode(), flat.OperatorCodes(i).DeprecatedBuiltinCode())]
-        for i in range(flat.OperatorCodesLength())
-    ]
-    graph = flat.Subgraphs(0)
-    used = [codes[graph.Operators(i).OpcodeIndex()] for i in range(graph.OperatorsLength())]
+    content = keras_to_tflite(model, [tf.TensorSpec((1, 8, 8, 4), tf.float32)], str(tmp_path))
+    used = operator_names(content)
     assert used.count("GATHER") == 2 and "GATHER_ND" not in used  # one gather per adaptive conv
-    assert set(used) <= GPU_DELEGATE_OPS, sorted(set(used) - GPU_DELEGATE_OPS)
+    assert set(used) <= BLOCK_OPS <= GPU_DELEGATE_OPS, sorted(set(used) - BLOCK_OPS)
 
-    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_module.Interpreter(model_content=content)
-    interpreter.allocate_tensors()
     x = np.random.default_rng(4).normal(size=(1, 8, 8, 4)).astype(np.float32)
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, model(x, training=False).numpy(), atol=1e-4)
+    np.testing.assert_allclose(run_tflite(content, x), model(x, training=False).numpy(), atol=1e-4)

@@ -6,13 +6,15 @@ import pytest
 import tensorflow as tf
 from tensorflow.lite.python import schema_py_generated as tflite_schema
 
-from tfpose.layers.sampling import bilinear_sample, pixel_centers, regular_grid, regular_grid_array
+from tfpose.export.tflite import GPU_DELEGATE_OPS, keras_to_tflite, operators
 
-# Ops a network part may use (DESIGN.md section 3, GPU-delegate rule) that the sampler needs.
-GPU_DELEGATE_OPS = {
+# The delegate ops (DESIGN.md section 3) a sampler converts to: a subset of GPU_DELEGATE_OPS.
+SAMPLER_OPS = {
     "ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM", "FLOOR", "CAST", "RESHAPE", "CONCATENATION",
     "SLICE", "GATHER", "CONV_2D", "DEPTHWISE_CONV_2D", "RELU",
 }  # fmt: skip
+
+from tfpose.layers.sampling import bilinear_sample, pixel_centers, regular_grid, regular_grid_array
 
 
 def reference_bilinear(features, points):
@@ -30,37 +32,6 @@ def reference_bilinear(features, points):
                     if 0 <= yy < h and 0 <= xx < w:
                         out[n, m] += wy * wx * features[n, yy, xx]
     return out.reshape(points.shape[:-1] + (c,))
-
-
-def tflite_ops(model_content):
-    """{op name: [operator tables]} read from the .tflite flatbuffer."""
-    model = tflite_schema.Model.GetRootAs(model_content, 0)
-    names = {v: k for k, v in vars(tflite_schema.BuiltinOperator).items() if not k.startswith("_")}
-    codes = []
-    for i in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(i)
-        codes.append(names[max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())])
-    ops = {}
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        for o in range(graph.OperatorsLength()):
-            op = graph.Operators(o)
-            ops.setdefault(codes[op.OpcodeIndex()], []).append((graph, op))
-    return ops
-
-
-def convert_to_tflite(model, input_shape, tmp_path):
-    """Keras model -> ExportArchive SavedModel -> TFLite bytes (DESIGN.md section 1)."""
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(
-        name="serve",
-        fn=lambda x: model(x, training=False),
-        input_signature=[tf.TensorSpec(input_shape, tf.float32)],
-    )
-    path = str(tmp_path / "saved_model")
-    archive.write_out(path, verbose=False)
-    return tf.lite.TFLiteConverter.from_saved_model(path).convert()
 
 
 def test_matches_numpy_reference_inside_outside_and_on_borders():
@@ -167,24 +138,19 @@ class _LearnedSampler(keras.layers.Layer):
         return bilinear_sample(x, pixel_centers(h, w)[None] + 3.0 * self.offset_conv(x))
 
 
-def test_tflite_uses_only_1d_gather_and_delegate_ops(tmp_path):
+def test_tflite_uses_only_1d_gather_and_delegate_ops(tmp_path, run_tflite):
     inputs = keras.Input((8, 8, 4), batch_size=1)
     model = keras.Model(inputs, _LearnedSampler(name="learned_sampler")(inputs))
-    content = convert_to_tflite(model, (1, 8, 8, 4), tmp_path)
-    ops = tflite_ops(content)
-    assert "GATHER" in ops and "GATHER_ND" not in ops
-    assert set(ops) <= GPU_DELEGATE_OPS, sorted(set(ops) - GPU_DELEGATE_OPS)
-    ((graph, gather),) = ops["GATHER"]
+    content = keras_to_tflite(model, [tf.TensorSpec((1, 8, 8, 4), tf.float32)], str(tmp_path))
+    ops = operators(content)
+    names = {name for name, _, _ in ops}
+    assert "GATHER" in names and "GATHER_ND" not in names
+    assert names <= SAMPLER_OPS <= GPU_DELEGATE_OPS, sorted(names - SAMPLER_OPS)
+    ((_, graph, gather),) = [op for op in ops if op[0] == "GATHER"]
     params = graph.Tensors(gather.Inputs(0))
     indices = graph.Tensors(gather.Inputs(1))
     assert params.ShapeAsNumpy().tolist() == [64, 4]  # features flattened to [B*H*W, C]
     assert indices.Type() == tflite_schema.TensorType.INT32 and indices.ShapeLength() == 1
 
-    interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
-    interpreter = interpreter_module.Interpreter(model_content=content)
-    interpreter.allocate_tensors()
     x = np.random.default_rng(4).normal(size=(1, 8, 8, 4)).astype(np.float32)
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, model(x).numpy(), atol=1e-5)
+    np.testing.assert_allclose(run_tflite(content, x), model(x).numpy(), atol=1e-5)

@@ -1,0 +1,1 @@
+"""Export: SavedModel, TFLite and ONNX writers and the TFLite GPU-delegate check."""
