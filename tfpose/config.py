@@ -16,7 +16,7 @@ import math
 import os
 import types
 import typing
-from typing import Any, Literal, Mapping, Optional, Union
+from typing import Any, Literal, Mapping, Union
 
 import yaml
 
@@ -172,14 +172,13 @@ def _convert(value, tp, key: str, err):
         options = typing.get_args(tp)
         if value is None and _NONE in options:
             return None
-        errors = []
         for option in options:
             if option is _NONE:
                 continue
             try:
                 return _convert(value, option, key, err)
-            except ConfigError as e:
-                errors.append(str(e))
+            except ConfigError:
+                continue
         err(f"{key} = {value!r} matches none of {[_type_name(o) for o in options]}")
     if origin is Literal:
         if value not in typing.get_args(tp):

@@ -111,7 +111,7 @@ def group_by_tags(values: tf.Tensor, tags: tf.Tensor, *, max_people: int, joint_
     """
     values = tf.convert_to_tensor(values, tf.float32)
     tags = tf.convert_to_tensor(tags, tf.float32)
-    k_types, m, t = values.shape[1], values.shape[2], tags.shape[-1]
+    k_types, t = values.shape[1], tags.shape[-1]
     p = int(max_people)
     if sorted(int(j) for j in joint_order) != list(range(k_types)):
         raise ValueError(f"joint_order {list(joint_order)} is not an order of 0..{k_types - 1}")
