@@ -139,7 +139,8 @@ def _source(cfg, split: str, records, input_context):
 
 
 def build_dataset(cfg, split: str, codec, training: bool, input_context=None,
-                  sample_builder=None, records=None, source=None) -> tf.data.Dataset:
+                  sample_builder=None, records=None, source=None,
+                  repeat: bool = True) -> tf.data.Dataset:
     """The input pipeline of one split.
 
     Args:
@@ -147,13 +148,16 @@ def build_dataset(cfg, split: str, codec, training: bool, input_context=None,
         split: 'train' or 'val' (which ``cfg.data`` split to read).
         codec: a Codec whose ``encode`` makes the targets, or None (evaluation elements then
             carry no targets).
-        training: bool; shuffles, repeats forever, augments and drops the last partial batch.
+        training: bool; shuffles, repeats forever (unless ``repeat`` is False), augments and
+            drops the last partial batch.
         input_context: optional ``tf.distribute.InputContext``; the source is sharded per input
             pipeline and batches hold ``get_per_replica_batch_size(batch)`` samples.
         sample_builder: optional seam (module docstring); default :func:`bottom_up_samples`.
         records: optional list of ImageRecord used instead of reading the split's files.
         source: optional tf.data.Dataset of source elements (``tfpose.data.records``) used instead
             of records or files; it is sharded here with ``input_context``.
+        repeat: bool, training only: False gives one pass (known cardinality when the source's
+            is known), which is how ``train.steps_per_epoch: 0`` measures an epoch.
 
     Returns:
         training: ``(images float32 [B, S, S, 3] 0..255, targets dict)`` with
@@ -185,7 +189,8 @@ def build_dataset(cfg, split: str, codec, training: bool, input_context=None,
         if data.shuffle_buffer > 1:
             shuffle_seed = int(np.random.SeedSequence([cfg.seed, worker]).generate_state(1)[0])
             ds = ds.shuffle(data.shuffle_buffer, seed=shuffle_seed, reshuffle_each_iteration=True)
-        ds = ds.repeat()
+        if repeat:
+            ds = ds.repeat()
 
     def build(step, indexed):
         index, element = indexed
@@ -203,6 +208,9 @@ def build_dataset(cfg, split: str, codec, training: bool, input_context=None,
     # Not .unbatch(): in TF 2.21 it segfaults on a zero-size component such as the keypoints
     # [1, 0, K, 3] of an image with nobody in view; from_tensor_slices handles it.
     ds = ds.flat_map(tf.data.Dataset.from_tensor_slices)
+    images = int(source.cardinality())
+    if builder is bottom_up_samples and images >= 0 and not (training and repeat):
+        ds = ds.apply(tf.data.experimental.assert_cardinality(images))  # one sample per image
 
     def finish(sample):
         targets = (None if codec is None

@@ -108,7 +108,9 @@ class TrainResult:
 def default_train_dataset(cfg, codec, input_context):
     from tfpose.data.pipeline import build_dataset
 
-    return build_dataset(cfg, "train", codec, training=True, input_context=input_context)
+    # steps_per_epoch 0: one pass per stream, so the epoch length is the split's size
+    return build_dataset(cfg, "train", codec, training=True, input_context=input_context,
+                         repeat=cfg.train.steps_per_epoch > 0)
 
 
 def default_eval_dataset(cfg, codec):

@@ -296,3 +296,16 @@ def test_real_codec_targets_match_its_signature(data_dir):
     for name, spec in signature.items():
         assert targets[name].shape == [2] + spec.shape.as_list()
         assert targets[name].dtype == spec.dtype
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_one_pass_has_the_split_size_as_cardinality(data_dir, training):
+    """train.steps_per_epoch: 0 reads the epoch length from this cardinality."""
+    cfg = _config("crowdpose", batch_size=2)
+    cfg.data.train = _split(data_dir, "crowdpose")
+    images = len(_records(data_dir, "crowdpose"))
+    ds = build_dataset(cfg, "train", FakeCodec(cfg.spec), training=training, repeat=False)
+    expected = images // 2 if training else images  # eval batches hold eval.batch_size = 1
+    assert int(ds.cardinality()) == expected == len(_batches(ds, 100))
+    repeating = build_dataset(cfg, "train", FakeCodec(cfg.spec), training=True)
+    assert int(repeating.cardinality()) < 0  # endless: no epoch length to read
