@@ -42,6 +42,9 @@ HRNET_STAGES = ((1, 2, 4), (4, 3, 4), (3, 4, 4))
 
 OUTPUT_MODES = ("branches", "concat", "highest")
 
+# Stem and stage-1 bottleneck width of the HRNet papers.
+STEM_CHANNELS = 64
+
 
 @keras.saving.register_keras_serializable(package="tfpose")
 class NearestUpsampling2D(keras.layers.Layer):
@@ -227,7 +230,7 @@ def concat_branches(branches, name="concat"):
     return keras.layers.Concatenate(name=name)(ups)
 
 
-def hrnet_features(x, width=32, output="branches", name="hrnet"):
+def hrnet_features(x, width=32, output="branches", name="hrnet", stem_channels=STEM_CHANNELS):
     """Applies HRNet to a tensor (functional API).
 
     Args:
@@ -236,6 +239,10 @@ def hrnet_features(x, width=32, output="branches", name="hrnet"):
         output: "branches" (list of 4 tensors at strides 4/8/16/32, C/2C/4C/8C channels),
             "concat" (one tensor [B, H/4, W/4, 15C]) or "highest" (the 1/4 branch only; the
             last module fuses into it alone, as the top-down pose HRNet does).
+        stem_channels: int, width of the two stride-2 stem convs and of the stage-1 bottlenecks
+            (4 blocks, output 4x this); 64 in HRNet. The stem is width-independent, so it holds
+            most of the compute of very small widths (about 70% at C = 8): tiny CPU models such
+            as the Quickstart's use a narrower stem.
 
     Returns:
         a tensor or a list of tensors, see ``output``.
@@ -243,10 +250,10 @@ def hrnet_features(x, width=32, output="branches", name="hrnet"):
     c = resolve_width(width)
     if output not in OUTPUT_MODES:
         raise ValueError(f"`output` must be one of {OUTPUT_MODES}. Received: output={output!r}")
-    x = conv_bn(x, 64, 3, strides=2, name=f"{name}_stem1")
-    x = conv_bn(x, 64, 3, strides=2, name=f"{name}_stem2")
+    x = conv_bn(x, stem_channels, 3, strides=2, name=f"{name}_stem1")
+    x = conv_bn(x, stem_channels, 3, strides=2, name=f"{name}_stem2")
     for k in range(4):
-        x = bottleneck_block(x, 64, name=f"{name}_stage1_block{k}")
+        x = bottleneck_block(x, stem_channels, name=f"{name}_stage1_block{k}")
     branches, prev = [x], [x.shape[-1]]
     for s, (num_modules, num_branches, num_blocks) in enumerate(HRNET_STAGES, start=2):
         channels = [c * 2**b for b in range(num_branches)]
