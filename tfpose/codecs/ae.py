@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfpose.codecs import heatmaps
 from tfpose.codecs.base import Codec
 from tfpose.config import ConfigError, field
 from tfpose.postprocess import grouping, peaks
@@ -167,29 +168,11 @@ class AECodec(Codec):
         y = tf.where(inside, y, tf.zeros_like(y))
         out = {}
         for s in self.strides:
-            out[f"heatmaps_{s}"] = self._heatmaps(x, y, inside, s)
             n = self.map_size(s)
-            cells = tf.reshape(valid_mask, [n, s, n, s])
-            out[f"mask_{s}"] = tf.reduce_min(cells, axis=[1, 3])
+            out[f"heatmaps_{s}"] = heatmaps.gaussian_heatmaps(x, y, inside, n, s, self.sigma_at(s))
+            out[f"mask_{s}"] = heatmaps.valid_cells(valid_mask, n, s)
         out["tag_index"] = self._tag_index(x, y, inside)
         return out
-
-    def _heatmaps(self, x, y, inside, stride) -> tf.Tensor:
-        """[H_s, W_s, K]: max over people of the separable Gaussians, one person at a time."""
-        n = self.map_size(stride)
-        sigma = self.sigma_at(stride)
-        centres = tf.range(n, dtype=tf.float32) + 0.5
-        scale = -1.0 / (2.0 * sigma * sigma)
-        on = tf.cast(inside, tf.float32)[..., None]
-        gx = tf.exp(scale * tf.square(centres - (x / stride)[..., None])) * on  # [N, K, W]
-        gy = tf.exp(scale * tf.square(centres - (y / stride)[..., None])) * on  # [N, K, H]
-
-        def body(i, acc):
-            return i + 1, tf.maximum(acc, gy[i][:, :, None] * gx[i][:, None, :])
-
-        _, heat = tf.while_loop(lambda i, acc: i < tf.shape(gx)[0], body,
-                                (tf.constant(0), tf.zeros([self.num_keypoints, n, n], tf.float32)))
-        return tf.transpose(heat, [1, 2, 0])
 
     def _tag_index(self, x, y, inside) -> tf.Tensor:
         s, w = self.tag_stride, self.map_size(self.tag_stride)

@@ -20,6 +20,18 @@ Every codec:
       shapes.
     * ``oracle_outputs(targets) -> outputs``: the ideal network outputs for batched targets, so
       ``decode(oracle_outputs(encode(gt)))`` measures the codec's own upper bound.
+
+Hooks with a default (test-time augmentation and learned decoding parts):
+    * ``flip_outputs(outputs) -> outputs``: the outputs of the horizontally flipped image mapped
+      back to the original frame (maps mirrored along W, left/right channels swapped with
+      ``spec.flip_index``, x components of geometric channels negated), so they can be averaged
+      with the outputs of the image itself. Base: NotImplementedError naming the codec.
+    * ``resize_outputs(outputs, size, scale) -> outputs``: the outputs of the input scaled by
+      ``scale`` resized (bilinear, half-pixel centres) to size x size maps, geometric channels
+      (lengths in map pixels) divided by ``scale``, for multi-scale testing. Base:
+      NotImplementedError naming the codec.
+    * ``load_assets(run_dir)``: loads learned decoding parts saved by a training run (e.g. a pose
+      scorer) before decoding. Base: nothing to load.
 """
 
 from __future__ import annotations
@@ -61,6 +73,21 @@ class Codec:
 
     def oracle_outputs(self, targets: dict) -> dict:
         raise NotImplementedError
+
+    # -- hooks with defaults --------------------------------------------------------------------
+    def flip_outputs(self, outputs: dict) -> dict:
+        """Outputs of the horizontally flipped image mapped back to the original frame."""
+        raise NotImplementedError(f"codec '{self.name}' does not support flip testing "
+                                  "(flip_outputs)")
+
+    def resize_outputs(self, outputs: dict, size: int, scale: float) -> dict:
+        """Outputs of an input scaled by `scale` resized to size x size maps (module docstring)."""
+        raise NotImplementedError(f"codec '{self.name}' does not support multi-scale testing "
+                                  "(resize_outputs)")
+
+    def load_assets(self, run_dir: str) -> None:
+        """Loads learned decoding parts of the training run in `run_dir`; none by default."""
+        del run_dir
 
     # -- shared helpers ------------------------------------------------------------------------
     @property
