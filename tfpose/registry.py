@@ -71,6 +71,6 @@ def build_codec(cfg):
 
 
 # Modules that register codecs and methods.
-_MODULES = ("tfpose.codecs.ae",)
+_MODULES = ("tfpose.codecs.ae", "tfpose.codecs.dekr", "tfpose.methods.dekr")
 for _module in _MODULES:
     importlib.import_module(_module)
