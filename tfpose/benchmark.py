@@ -1,19 +1,43 @@
 """Benchmarks that print figures (never asserted in tests).
 
     python -m tfpose.benchmark pipeline --config C [--split train] [--batches 30] [--json]
+    python -m tfpose.benchmark model --config C [--runs 20] [--warmup 3] [--json]
 
 ``pipeline``: images/s of the training input pipeline (decode + augment + encode + batch) on the
-config's split, after a warm-up; the last line is one JSON object when --json is given.
+config's split, after a warm-up.
+
+``model``: size and speed of the config's method at batch 1 and the config's input size:
+parameters; GFLOPs = 2 x multiply-adds of the convolutions and matrix products (Conv2D,
+depthwise, transposed conv, MatMul, BatchMatMul, Einsum), counted by the TF v1 profiler on the
+graph of a batch-1 forward (element-wise ops such as BatchNorm, ReLU and additions are not
+counted; papers on HRNet-based pose estimation count multiply-adds of convolutions, so their
+"GFLOPs" is ``gmacs`` here); median and min milliseconds of the forward pass (tf.function model
+call, outputs fetched to the host) and of ``codec.decode`` (tf.function) on the model's outputs
+for the first image of the val split (a random image if the config has none), over ``--runs``
+runs after ``--warmup`` runs. Untrained weights: decode time depends on how many candidates the
+outputs hold, so it is only indicative before training.
+
+The last line is one JSON object when --json is given.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import statistics
 import time
+
+import numpy as np
 
 from tfpose import cli
 
 FLAGS = cli.FLAGS
+log = logging.getLogger(__name__)
+
+# Op types whose profiler FLOP count is 2 x multiply-adds (the TF v1 profiler's registered
+# statistics, tensorflow/python/ops/nn_ops.py and math_ops.py).
+MAC_OP_TYPES = ("Conv2D", "Conv3D", "DepthwiseConv2dNative", "Conv2DBackpropInput", "MatMul",
+                "BatchMatMul", "BatchMatMulV2", "BatchMatMulV3", "Einsum")
 
 
 def benchmark_pipeline(cfg, split: str = "train", batches: int = 30, warmup: int = 5) -> dict:
@@ -36,7 +60,107 @@ def benchmark_pipeline(cfg, split: str = "train", batches: int = 30, warmup: int
             "images_per_s": round(images / seconds, 2)}
 
 
-BENCHMARKS = {"pipeline": benchmark_pipeline}
+def graph_flops(concrete_function) -> int:
+    """FLOPs (2 x multiply-adds) of the MAC ops in a concrete function's graph (TF v1 profiler).
+
+    Every shape must be static (trace with a fully defined input signature). Ops inside nested
+    function calls are not seen; Keras 3 layers are traced inline.
+    """
+    import tensorflow as tf
+
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    options["account_type_regexes"] = [f"^{t}$" for t in MAC_OP_TYPES]
+    graph = concrete_function.graph
+    nested = sorted({op.type for op in graph.get_operations()
+                     if op.type in ("PartitionedCall", "StatefulPartitionedCall", "While", "If",
+                                    "StatelessWhile", "StatelessIf")})
+    if nested:
+        log.warning("graph_flops: ops inside %s are not counted", ", ".join(nested))
+    return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+
+
+def _timed(fn, arg, runs: int, warmup: int) -> list:
+    """Milliseconds of `runs` calls of fn(arg) (results fetched to the host) after `warmup`."""
+    import tensorflow as tf
+
+    def call():
+        return tf.nest.map_structure(lambda t: t.numpy(), fn(arg))
+
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _decode_image(cfg, codec, size: int):
+    """(image [1, S, S, 3] float32, description): the first val image, or a random one."""
+    import tensorflow as tf
+
+    from tfpose.data.pipeline import build_dataset
+    from tfpose.evaluation import EvaluationError
+    from tfpose.training.checkpoint import CheckpointError
+
+    if cfg.data.val.annotations or cfg.data.val.tfrecords:
+        try:
+            batch = next(iter(build_dataset(cfg, "val", codec, training=False).take(1)))
+            return (tf.cast(batch["image"][:1], tf.float32),
+                    f"val image {int(batch['image_id'][0])}")
+        except cli.USER_ERRORS + (EvaluationError, CheckpointError, StopIteration) as e:
+            log.warning("benchmark model: no val image (%s); decoding a random image", e)
+    rng = np.random.default_rng(0)
+    return tf.constant(rng.uniform(0, 255, [1, size, size, 3]), tf.float32), "random image"
+
+
+def benchmark_model(cfg, runs: int = 20, warmup: int = 3) -> dict:
+    """Parameters, GFLOPs and batch-1 forward / decode milliseconds of the config's method."""
+    import tensorflow as tf
+
+    from tfpose.registry import METHODS, build_codec
+
+    if not cfg.method:
+        raise cli.ConfigError(f"{cfg.source}: the model benchmark needs a 'method'")
+    if cfg.method not in METHODS:
+        raise cli.ConfigError(f"{cfg.source}: unknown method {cfg.method!r} (known: "
+                              f"{sorted(METHODS)})")
+    if runs < 1 or warmup < 0:
+        raise cli.ConfigError(f"--runs must be >= 1 and --warmup >= 0 (got {runs}, {warmup})")
+    size = cfg.data.input_size
+    codec = build_codec(cfg)
+    model = METHODS[cfg.method].build_model(cfg)
+    spec = tf.TensorSpec([1, size, size, 3], tf.float32)
+    forward = tf.function(lambda images: model(images, training=False))
+    flops = graph_flops(forward.get_concrete_function(spec))
+    image, source = _decode_image(cfg, codec, size)
+    forward_ms = _timed(forward, image, runs, warmup)
+    decode = tf.function(codec.decode)
+    decode_ms = _timed(decode, forward(image), runs, warmup)
+    devices = tf.config.list_logical_devices("GPU")
+    return {
+        "benchmark": "model", "method": cfg.method, "codec": codec.name, "input_size": size,
+        "batch_size": 1, "params": int(model.count_params()),
+        "params_m": round(model.count_params() / 1e6, 3),
+        "gflops": round(flops / 1e9, 3), "gmacs": round(flops / 2e9, 3),
+        "forward_ms_median": round(statistics.median(forward_ms), 2),
+        "forward_ms_min": round(min(forward_ms), 2),
+        "decode_ms_median": round(statistics.median(decode_ms), 2),
+        "decode_ms_min": round(min(decode_ms), 2),
+        "runs": runs, "warmup": warmup, "decode_input": source,
+        "device": devices[0].name if devices else "CPU",
+    }
+
+
+BENCHMARKS = {"pipeline": benchmark_pipeline, "model": benchmark_model}
+
+
+def _flag_args(name: str) -> dict:
+    if name == "pipeline":
+        return {"split": FLAGS.split, "batches": FLAGS.batches}
+    return {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
 
 
 def main(argv):
@@ -44,17 +168,19 @@ def main(argv):
         raise cli.ConfigError(f"usage: python -m tfpose.benchmark {{{'|'.join(BENCHMARKS)}}} "
                               "--config C [--json]")
     cfg = cli.load_config_from_flags()
-    result = benchmark_pipeline(cfg, FLAGS.split, FLAGS.batches)
+    result = BENCHMARKS[argv[1]](cfg, **_flag_args(argv[1]))
     if FLAGS.json:
         print(json.dumps(result))
     else:
         for key, value in result.items():
-            print(f"{key:>14}: {value}")
+            print(f"{key:>18}: {value}")
 
 
 if __name__ == "__main__":
     cli.define_config_flags()
     cli.flags.DEFINE_string("split", "train", "Dataset split to read (train or val).")
     cli.flags.DEFINE_integer("batches", 30, "Batches to time after the warm-up.")
+    cli.flags.DEFINE_integer("runs", 20, "model: timed runs after the warm-up.")
+    cli.flags.DEFINE_integer("warmup", 3, "model: untimed runs first (tracing, autotuning).")
     cli.flags.DEFINE_bool("json", False, "Print the result as one JSON line.")
     cli.run(main)

@@ -3,6 +3,9 @@
     python -m tfpose.evaluate --config C --oracle            # encode GT -> decode -> metrics
     python -m tfpose.evaluate --config C --checkpoint P      # a trained model
 
+A checkpoint is run with ``eval.flip_test`` and ``eval.scales`` (tfpose.inference) and with the
+codec's learned decoding parts of its run directory (``codec.load_assets``, e.g. dekr's scorer).
+
 Prints a table of the metrics and, as its last line, one JSON object with them. Predictions are
 written in the COCO results format (``--results``, default ``<train.out_dir>/results_val.json``).
 """
@@ -71,31 +74,24 @@ def compute_metrics(cfg, results: list) -> dict:
     return evaluation.evaluate(cfg.eval.metric, cfg.data.val, results, cfg.spec)
 
 
-def load_model(cfg, checkpoint: str):
-    """The config's model with the weights of a training checkpoint (run dir or ckpt path)."""
-    from tfpose.registry import METHODS
-    from tfpose.training.checkpoint import restore_model
-
-    if not cfg.method:
-        raise cli.ConfigError(f"{cfg.source}: evaluating a checkpoint needs a 'method'")
-    model = METHODS[cfg.method].build_model(cfg)
-    restore_model(model, checkpoint)
-    return model
-
-
 def evaluate(cfg, oracle: bool = False, checkpoint: str = "", results_path: str = "") -> dict:
     """Evaluates and returns the metrics; writes the results file when `results_path` is set."""
     from tfpose.data.pipeline import build_dataset
     from tfpose.evaluation.coco import write_coco_results
+    from tfpose.inference import outputs_function, restore_for_inference
     from tfpose.registry import build_codec
 
-    codec = build_codec(cfg)
-    dataset = build_dataset(cfg, "val", codec, training=False)
     if oracle:
+        codec = build_codec(cfg)
         outputs_fn = lambda batch: codec.oracle_outputs(batch["targets"])  # noqa: E731
     else:
-        model = load_model(cfg, checkpoint)
-        outputs_fn = lambda batch: model(batch["image"], training=False)  # noqa: E731
+        # The trained model and the codec's learned parts (e.g. a pose scorer) of its run;
+        # eval.flip_test / eval.scales as in the paper's testing (tfpose.inference).
+        model, codec = restore_for_inference(cfg, checkpoint)
+        forward = outputs_function(cfg, model, codec)
+        outputs_fn = lambda batch: forward(batch["image"])  # noqa: E731
+    # targets are only needed by the oracle
+    dataset = build_dataset(cfg, "val", codec if oracle else None, training=False)
     results = collect_results(dataset, outputs_fn, codec, cfg.eval.max_images)
     if results_path:
         write_coco_results(results, results_path)
