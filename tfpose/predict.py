@@ -23,15 +23,14 @@ before anything is written (a file TF cannot decode behind a valid header: when 
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
-import tempfile
 
 import numpy as np
 
 from tfpose import cli
+from tfpose.fileio import atomic_write
 
 FLAGS = cli.FLAGS
 
@@ -121,25 +120,6 @@ def output_names(paths, extension: str, out_dir: str = "") -> list:
         used.add(name)
         names.append(name)
     return names
-
-
-def atomic_write(path: str, data: bytes) -> str:
-    """Writes bytes to `path` via a temporary file in its folder + os.replace (all or nothing)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def encode_image(image_bgr: np.ndarray, extension: str) -> bytes:

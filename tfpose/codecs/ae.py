@@ -159,13 +159,7 @@ class AECodec(Codec):
     @tf.autograph.experimental.do_not_convert
     def encode(self, keypoints, valid_mask) -> dict:
         """Targets of one sample (class docstring): keypoints [N, K, 3], valid_mask [S, S]."""
-        k, size = self.num_keypoints, self.input_size
-        keypoints = tf.reshape(tf.convert_to_tensor(keypoints, tf.float32), [-1, k, 3])
-        valid_mask = tf.reshape(tf.convert_to_tensor(valid_mask, tf.float32), [size, size])
-        x, y, v = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
-        inside = (v > 0) & (x >= 0) & (x < size) & (y >= 0) & (y < size)  # [N, K]
-        x = tf.where(inside, x, tf.zeros_like(x))
-        y = tf.where(inside, y, tf.zeros_like(y))
+        x, y, inside, valid_mask = self.labelled_inside(keypoints, valid_mask)  # [N, K]
         out = {}
         for s in self.strides:
             n = self.map_size(s)

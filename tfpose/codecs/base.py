@@ -90,6 +90,18 @@ class Codec:
         del run_dir
 
     # -- shared helpers ------------------------------------------------------------------------
+    def labelled_inside(self, keypoints, valid_mask):
+        """Shared start of ``encode``: (x, y, inside, valid_mask) with x, y [N, K] zeroed where
+        ``inside`` [N, K] is False (v = 0 or outside [0, S) x [0, S)), valid_mask [S, S]."""
+        k, size = self.num_keypoints, self.input_size
+        keypoints = tf.reshape(tf.convert_to_tensor(keypoints, tf.float32), [-1, k, 3])
+        valid_mask = tf.reshape(tf.convert_to_tensor(valid_mask, tf.float32), [size, size])
+        x, y, v = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
+        inside = (v > 0) & (x >= 0) & (x < size) & (y >= 0) & (y < size)
+        x = tf.where(inside, x, tf.zeros_like(x))
+        y = tf.where(inside, y, tf.zeros_like(y))
+        return x, y, inside, valid_mask
+
     @property
     def max_people(self) -> int:
         return int(self.config.max_people)

@@ -186,13 +186,8 @@ class DekrCodec(Codec):
     def encode(self, keypoints, valid_mask) -> dict:
         """Targets of one sample (class docstring): keypoints [N, K, 3], valid_mask [S, S]."""
         cfg = self.config
-        k, size, s, n = self.num_keypoints, self.input_size, self.stride, self.map_size
-        keypoints = tf.reshape(tf.convert_to_tensor(keypoints, tf.float32), [-1, k, 3])
-        valid_mask = tf.reshape(tf.convert_to_tensor(valid_mask, tf.float32), [size, size])
-        x, y, v = keypoints[..., 0], keypoints[..., 1], keypoints[..., 2]
-        inside = (v > 0) & (x >= 0) & (x < size) & (y >= 0) & (y < size)  # [N, K]
-        x = tf.where(inside, x, tf.zeros_like(x))
-        y = tf.where(inside, y, tf.zeros_like(y))
+        s, n = self.stride, self.map_size
+        x, y, inside, valid_mask = self.labelled_inside(keypoints, valid_mask)  # [N, K]
         on = tf.cast(inside, tf.float32)
         count = tf.reduce_sum(on, axis=1)
         person = count > 0  # [N]

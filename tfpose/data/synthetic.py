@@ -71,7 +71,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import zlib
 from typing import Mapping, Optional
 
@@ -79,6 +78,7 @@ import cv2
 import numpy as np
 import yaml
 
+from tfpose.fileio import atomic_write
 from tfpose.keypoints import KeypointSpec, SpecError, get_spec, spec_from_dict
 
 SHIFT = 4  # fractional bits of cv2 drawing coordinates
@@ -968,19 +968,6 @@ def _annotate(plan: _Plan, labels: list, keypoint_index: np.ndarray, cfg: Synthe
 
 # --- files -------------------------------------------------------------------------------------
 
-def _atomic_write(path: str, data: bytes) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def load_spec(value) -> KeypointSpec:
     """A spec from a built-in name, a mapping, a spec, or a YAML file path (the file holds a spec
     mapping, a ``keypoints:`` mapping, or a tfpose config with ``data.keypoints``)."""
@@ -1036,7 +1023,7 @@ def generate(out_dir: str, spec, num_images: int = 200, image_size: int = 256, s
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, cfg.jpeg_quality])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {file_name}")
-        _atomic_write(os.path.join(image_dir, file_name), jpeg.tobytes())
+        atomic_write(os.path.join(image_dir, file_name), jpeg.tobytes())
         images.append({"id": image_id, "file_name": file_name, "width": image_size,
                        "height": image_size})
         for _, ann in _annotate(plan, labels, model.keypoint_index, cfg, image_id):
@@ -1055,7 +1042,7 @@ def generate(out_dir: str, spec, num_images: int = 200, image_size: int = 256, s
                         "skeleton": [[int(i) + 1, int(j) + 1] for i, j in spec.skeleton]}],
     }
     path = os.path.join(out_dir, f"annotations_{split_name}.json")
-    _atomic_write(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
+    atomic_write(path, json.dumps(data, separators=(",", ":")).encode("utf-8"))
     return path
 
 
@@ -1072,6 +1059,10 @@ def _define_flags():
     flags.DEFINE_string("split", "train", "split name")
     flags.DEFINE_integer("min_people", SyntheticConfig.min_people, "fewest people per image")
     flags.DEFINE_integer("max_people", SyntheticConfig.max_people, "most people per image")
+    flags.DEFINE_float("min_scale", SyntheticConfig.min_scale,
+                       "smallest person height as a fraction of the image size")
+    flags.DEFINE_float("max_scale", SyntheticConfig.max_scale,
+                       "largest person height as a fraction of the image size")
     flags.DEFINE_float("crowd_rate", SyntheticConfig.crowd_rate, "share of images with a crowd")
     flags.DEFINE_float("unlabelled_rate", SyntheticConfig.unlabelled_rate,
                        "share of images with a tiny unlabelled person")
@@ -1098,6 +1089,7 @@ def main(argv):
 
     f = flags.FLAGS
     cfg = SyntheticConfig(min_people=f.min_people, max_people=f.max_people,
+                          min_scale=f.min_scale, max_scale=f.max_scale,
                           crowd_rate=f.crowd_rate, unlabelled_rate=f.unlabelled_rate)
     path = generate(f.out, f.keypoints, num_images=f.num_images, image_size=f.size, seed=f.seed,
                     split_name=f.split, config=cfg)

@@ -19,13 +19,12 @@ import json
 import math
 import numbers
 import os
-import stat
-import tempfile
 from typing import Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from tfpose.evaluation import EvaluationError
+from tfpose.fileio import atomic_write
 from tfpose.keypoints import get_spec
 
 PERSON_CATEGORY = 1
@@ -220,25 +219,7 @@ def write_coco_results(poses: Iterable[Mapping], path) -> str:
         res = _normalise_result(entry, "write_coco_results", i, k)
         k = len(res["keypoints"]) // 3
         results.append(res)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    try:  # keep the mode of the file replaced (mkstemp creates 0600)
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    except FileNotFoundError:
-        mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), mode)
-            json.dump(results, f, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, json.dumps(results, allow_nan=False).encode("utf-8"))
 
 
 # --- evaluation -----------------------------------------------------------------------------
