@@ -45,8 +45,12 @@ def poses_to_results(poses: dict, image_ids: np.ndarray, transforms: np.ndarray)
     return results
 
 
-def collect_results(dataset, outputs_fn, codec, max_images: int = 0) -> list:
+def collect_results(dataset, outputs_fn, codec, max_images: int = 0) -> tuple:
     """Runs `outputs_fn(batch) -> network outputs` over an eval dataset and decodes.
+
+    Returns:
+        (COCO-format results, ids of every image run): metrics must be computed on those images
+        only, or a ``max_images`` subset would count the images never run as misses.
 
     Args:
         dataset: eval tf.data.Dataset of dicts with image, image_id, transform, targets.
@@ -57,21 +61,24 @@ def collect_results(dataset, outputs_fn, codec, max_images: int = 0) -> list:
     import tensorflow as tf
 
     decode = tf.function(codec.decode)
-    results, seen = [], 0
+    results, image_ids = [], []
     for batch in dataset:
         poses = {k: v.numpy() for k, v in decode(outputs_fn(batch)).items()}
-        results += poses_to_results(poses, batch["image_id"].numpy(), batch["transform"].numpy())
-        seen += int(batch["image_id"].shape[0])
-        if max_images and seen >= max_images:
+        ids = batch["image_id"].numpy()
+        results += poses_to_results(poses, ids, batch["transform"].numpy())
+        image_ids += [int(i) for i in ids]
+        if max_images and len(image_ids) >= max_images:
             break
-    return results
+    return results, image_ids
 
 
-def compute_metrics(cfg, results: list) -> dict:
-    """Metrics of cfg.eval.metric for COCO-format results on cfg.data.val."""
+def compute_metrics(cfg, results: list, image_ids=None) -> dict:
+    """Metrics of cfg.eval.metric for COCO-format results on cfg.data.val (on the images
+    `image_ids` only, when given)."""
     from tfpose import evaluation
 
-    return evaluation.evaluate(cfg.eval.metric, cfg.data.val, results, cfg.spec)
+    return evaluation.evaluate(cfg.eval.metric, cfg.data.val, results, cfg.spec,
+                               image_ids=image_ids)
 
 
 def evaluate(cfg, oracle: bool = False, checkpoint: str = "", results_path: str = "") -> dict:
@@ -92,10 +99,10 @@ def evaluate(cfg, oracle: bool = False, checkpoint: str = "", results_path: str 
         outputs_fn = lambda batch: forward(batch["image"])  # noqa: E731
     # targets are only needed by the oracle
     dataset = build_dataset(cfg, "val", codec if oracle else None, training=False)
-    results = collect_results(dataset, outputs_fn, codec, cfg.eval.max_images)
+    results, image_ids = collect_results(dataset, outputs_fn, codec, cfg.eval.max_images)
     if results_path:
         write_coco_results(results, results_path)
-    return compute_metrics(cfg, results)
+    return compute_metrics(cfg, results, image_ids)
 
 
 def main(argv):

@@ -120,10 +120,10 @@ def default_eval_dataset(cfg, codec):
     return build_dataset(cfg, "val", None, training=False)
 
 
-def default_metrics(cfg, results):
+def default_metrics(cfg, results, image_ids):
     from tfpose.evaluate import compute_metrics
 
-    return compute_metrics(cfg, results)
+    return compute_metrics(cfg, results, image_ids)
 
 
 def to_float32(outputs):
@@ -159,7 +159,7 @@ class Trainer:
         train_dataset_fn: callable(cfg, codec, input_context) -> tf.data.Dataset of training
             batches; default the data pipeline's ``build_dataset``.
         eval_dataset_fn: callable(cfg, codec) -> eval tf.data.Dataset (see tfpose.evaluate).
-        metrics_fn: callable(cfg, results) -> dict of metrics; default
+        metrics_fn: callable(cfg, results, image_ids) -> dict of metrics on those images; default
             ``tfpose.evaluate.compute_metrics``.
         out_dir: str, default ``train.out_dir``.
         stream: text stream of the progress output, default stdout.
@@ -376,9 +376,11 @@ class Trainer:
 
         if self._eval_dataset is None:
             self._eval_dataset = self.eval_dataset_fn(self.cfg, self.codec)
-        results = collect_results(self._eval_dataset, lambda b: self.forward(b["image"]),
-                                  self.codec, self.cfg.eval.max_images)
-        return {k: float(v) for k, v in self.metrics_fn(self.cfg, results).items()}
+        results, image_ids = collect_results(
+            self._eval_dataset, lambda b: self.forward(b["image"]), self.codec,
+            self.cfg.eval.max_images)
+        metrics = self.metrics_fn(self.cfg, results, image_ids)
+        return {k: float(v) for k, v in metrics.items()}
 
     def predictions_images(self, count: int) -> list:
         """``count`` val images with their decoded poses drawn (uint8 RGB)."""

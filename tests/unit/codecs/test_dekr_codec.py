@@ -457,3 +457,15 @@ def test_oracle_ap_on_the_mini_sets(name, repo_dir, data_dir, monkeypatch):
     monkeypatch.chdir(repo_dir)  # the shipped configs name ../shared/data relative to the repo
     cfg = load_config(str(repo_dir / "configs" / "oracle" / f"{name}.yaml"))
     assert evaluate(cfg, oracle=True)["AP"] >= 0.99
+
+
+def test_max_images_scores_only_the_images_run(repo_dir, monkeypatch):
+    """eval.max_images: ground truth of images never run must not count as misses."""
+    from tfpose.config import load_config
+    from tfpose.evaluate import evaluate
+
+    monkeypatch.chdir(repo_dir)
+    cfg = load_config(str(repo_dir / "configs" / "oracle" / "dekr_coco.yaml"),
+                      ["eval.max_images=2"])
+    metrics = evaluate(cfg, oracle=True)
+    assert metrics["AP"] >= 0.99 and metrics["AR"] >= 0.99

@@ -89,7 +89,7 @@ def test_mixed_bfloat16_on_cpu_gives_float32_outputs(toy, tmp_path):
 def test_evaluation_keeps_the_best_checkpoint_and_writes_summaries(toy, tmp_path):
     values = iter([0.3, 0.7, 0.5])
     cfg = toy_method.make_config(str(tmp_path), epochs=3, eval_every=1, summary_images=2)
-    kwargs = toy(cfg, metrics_fn=lambda cfg, results: {"AP": next(values),
+    kwargs = toy(cfg, metrics_fn=lambda cfg, results, image_ids: {"AP": next(values),
                                                        "people": float(len(results))})
     _, result = _fit(cfg, kwargs)
     assert result.best_metric == pytest.approx(0.7) and result.metrics["people"] == 4

@@ -134,7 +134,7 @@ def eval_dataset_fn(cfg, codec):
         "targets": {"heatmap": heat}}).batch(2)
 
 
-def metrics_fn(cfg, results):
+def metrics_fn(cfg, results, image_ids):
     """Stands in for COCO AP: the mean pose score of the results."""
     return {"AP": float(np.mean([r["score"] for r in results])), "people": float(len(results))}
 
