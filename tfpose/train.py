@@ -14,6 +14,7 @@ in one ``error: ...`` line naming the step and the loss term, and exit status 1.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 
@@ -73,6 +74,8 @@ def main(argv):
     if result is not None and hasattr(result, "step"):
         print(f"training {result.reason} at step {result.step} (epoch {result.epoch}); "
               f"checkpoint {result.checkpoint or '-'}")
+    elif isinstance(result, dict):  # an extra stage's summary, e.g. dekr's scorer
+        print(json.dumps(result, default=str))
 
 
 def define_flags():
