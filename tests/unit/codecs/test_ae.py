@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
+from codec_cases import batch, encode, match_people, oracle_metrics, synthetic_people
 
 from tfpose.codecs.ae import AECodec, AEConfig, default_joint_order
 from tfpose.config import ConfigError
@@ -14,17 +15,6 @@ TINY = spec_from_dict({"name": "tiny", "names": ["a", "b", "c"], "sigmas": [0.5,
 
 def codec_for(spec=TINY, size=64, **kw):
     return AECodec(AEConfig(**kw), spec, size)
-
-
-def encode(codec, keypoints, mask=None):
-    kp = np.asarray(keypoints, np.float32).reshape(-1, codec.num_keypoints, 3)
-    if mask is None:
-        mask = np.ones((codec.input_size, codec.input_size), np.float32)
-    return {k: v.numpy() for k, v in codec.encode(kp, mask).items()}
-
-
-def batch(*targets):
-    return {k: tf.stack([t[k] for t in targets]) for k in targets[0]}
 
 
 def np_gaussian(size, stride, x, y, sigma):
@@ -149,35 +139,6 @@ def test_config_errors():
 
 # -- decode ---------------------------------------------------------------------------------------
 
-def synthetic_people(rng, size, k, cell=64, jitter=20.0, unlabelled=0):
-    """One person per cell of a grid: same-type keypoints of two people >= cell - 2 jitter apart."""
-    people = []
-    for cy in range(cell // 2, size, cell):
-        for cx in range(cell // 2, size, cell):
-            kp = np.zeros((k, 3), np.float32)
-            kp[:, 0] = cx + rng.uniform(-jitter, jitter, k)
-            kp[:, 1] = cy + rng.uniform(-jitter, jitter, k)
-            kp[:, 2] = 2
-            people.append(kp)
-    people = np.stack(people)
-    if unlabelled:
-        people[0, rng.choice(k, unlabelled, replace=False), 2] = 0
-    return people
-
-
-def match_people(decoded, n, gt, tol):
-    """Every GT person is decoded exactly once, with every labelled keypoint within tol."""
-    assert n == len(gt)
-    used = set()
-    for person in gt:
-        lab = person[:, 2] > 0
-        errs = [np.abs(decoded[p, lab, :2] - person[lab, :2]).max() for p in range(n)]
-        best = int(np.argmin(errs))
-        assert errs[best] < tol, (errs[best], best)
-        assert best not in used
-        used.add(best)
-        assert (decoded[best, lab, 2] > 0.5).all()
-
 
 @pytest.mark.parametrize("strides", [[4], [4, 2]])
 def test_oracle_round_trip_coco(strides):
@@ -261,9 +222,4 @@ def test_decode_traces_with_unknown_batch():
 @pytest.mark.parametrize("name", ["ae_coco", "ae_crowdpose"])
 def test_oracle_ap_on_the_mini_sets(name, repo_dir, data_dir, monkeypatch):
     """DESIGN.md section 3: encode GT -> decode -> AP >= 0.99 on the real mini sets."""
-    from tfpose.config import load_config
-    from tfpose.evaluate import evaluate
-
-    monkeypatch.chdir(repo_dir)  # the shipped configs name ../shared/data relative to the repo
-    cfg = load_config(str(repo_dir / "configs" / "oracle" / f"{name}.yaml"))
-    assert evaluate(cfg, oracle=True)["AP"] >= 0.99
+    assert oracle_metrics(repo_dir, monkeypatch, name)["AP"] >= 0.99
