@@ -12,10 +12,6 @@ import tensorflow as tf
 
 from tfpose.layers.sampling import bilinear_sample, pixel_centers, regular_grid_array
 
-# PyTorch BatchNorm momentum 0.1 (HRNet/DEKR reference) is Keras momentum 0.9; eps 1e-5.
-BN_MOMENTUM = 0.9
-BN_EPSILON = 1e-5
-
 # 2x2 transform T (row-major a, b, c, d) and translation (tx, ty) of the identity.
 _IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
 
@@ -186,105 +182,6 @@ class AdaptiveConv2D(keras.layers.Layer):
                 "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
                 "bias_regularizer": keras.regularizers.serialize(self.bias_regularizer),
                 "transform_initializer": keras.initializers.serialize(self.transform_initializer),
-            }
-        )
-        return config
-
-
-@keras.saving.register_keras_serializable(package="tfpose")
-class AdaptiveBlock(keras.layers.Layer):
-    """Adaptive representation transformation (ART) unit with a residual connection.
-
-    Sec. 3.1: an ART unit is an adaptive convolution followed by BN and ReLU; each head of the
-    paper stacks two units before its final linear layer. As in the DEKR reference code
-    (``AdaptBlock``), the unit is residual: ``relu(BN(AdaptiveConv2D(x)) + skip(x))`` where skip
-    is the identity, or a 1x1 conv + BN when C_in != filters. Stack two blocks for a paper head.
-
-    Args:
-        filters: int, output channels.
-        dilation_rate: int, dilation of the adaptive conv's regular grid.
-        residual: bool, add the skip connection (False gives the plain ART unit of the paper).
-        use_translation: bool, see ``AdaptiveConv2D``.
-        kernel_initializer: initializer of the conv kernels.
-        kernel_regularizer: regularizer of the conv kernels.
-        **kwargs: base ``keras.layers.Layer`` arguments.
-
-    Shapes:
-        input ``[B, H, W, C_in]`` -> output ``[B, H, W, filters]``.
-    """
-
-    def __init__(
-        self,
-        filters,
-        dilation_rate=1,
-        residual=True,
-        use_translation=True,
-        kernel_initializer="he_normal",
-        kernel_regularizer=None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.filters = _check_positive_int("filters", filters)
-        self.dilation_rate = _check_positive_int("dilation_rate", dilation_rate)
-        self.residual = bool(residual)
-        self.use_translation = bool(use_translation)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.adaptive_conv = AdaptiveConv2D(
-            self.filters,
-            dilation_rate=self.dilation_rate,
-            use_translation=self.use_translation,
-            use_bias=False,
-            kernel_initializer=self.kernel_initializer,
-            kernel_regularizer=self.kernel_regularizer,
-            name="adaptive_conv",
-        )
-        self.bn = keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="bn")
-        self.projection = None
-        self.projection_bn = None
-
-    def build(self, input_shape):
-        channels = input_shape[-1]
-        self.adaptive_conv.build(input_shape)
-        out_shape = tuple(input_shape[:-1]) + (self.filters,)
-        self.bn.build(out_shape)
-        if self.residual and channels != self.filters:
-            self.projection = keras.layers.Conv2D(
-                self.filters,
-                1,
-                use_bias=False,
-                kernel_initializer=self.kernel_initializer,
-                kernel_regularizer=self.kernel_regularizer,
-                name="projection",
-            )
-            self.projection.build(input_shape)
-            self.projection_bn = keras.layers.BatchNormalization(
-                momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name="projection_bn"
-            )
-            self.projection_bn.build(out_shape)
-
-    def call(self, inputs, training=None):
-        outputs = self.bn(self.adaptive_conv(inputs), training=training)
-        if self.residual:
-            skip = inputs
-            if self.projection is not None:
-                skip = self.projection_bn(self.projection(inputs), training=training)
-            outputs = outputs + skip
-        return tf.nn.relu(outputs)
-
-    def compute_output_shape(self, input_shape):
-        return tuple(input_shape[:-1]) + (self.filters,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "filters": self.filters,
-                "dilation_rate": self.dilation_rate,
-                "residual": self.residual,
-                "use_translation": self.use_translation,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "kernel_regularizer": keras.regularizers.serialize(self.kernel_regularizer),
             }
         )
         return config

@@ -22,9 +22,7 @@ Network (C = width, K keypoints, input ``[B, S, S, 3]`` raw RGB 0..255, h = w = 
 An *ART residual block* is two adaptive representation transformation units (Sec. 3.1: adaptive
 conv + BN + ReLU) with an identity shortcut around both, as the reference ``STNBLOCK``:
 ``relu(BN(AConv(relu(BN(AConv(x))))) + x)``. Each adaptive conv predicts a per-pixel 2x2 transform
-T of the regular 3x3 grid (Eq. (3)), no translation (reference). ``AdaptiveBlock`` in
-``tfpose.layers.adaptive_conv`` is a single unit with its own shortcut, so the block is composed
-here from ``AdaptiveConv2D`` + BN layers.
+T of the regular 3x3 grid (Eq. (3)), no translation (reference).
 
 Differences from the reference, on purpose:
     * The three heatmap branches have separate weights; the reference shares the adaptive
@@ -60,9 +58,9 @@ import dataclasses
 import keras
 
 from tfpose.config import ConfigError, field, register_section
-from tfpose.layers.adaptive_conv import BN_EPSILON, BN_MOMENTUM, AdaptiveConv2D
+from tfpose.layers.adaptive_conv import AdaptiveConv2D
 from tfpose.layers.normalize import ImageNormalization
-from tfpose.models.backbones.hrnet import conv_bn, hrnet_features
+from tfpose.models.backbones.hrnet import batch_norm, conv_bn, hrnet_features
 
 # The network's output stride (HRNet's highest-resolution branch) and the factor every input
 # side must be a multiple of (HRNet's lowest branch is at 1/32).
@@ -115,10 +113,6 @@ class DekrModelConfig:
         return self.heatmap_channels or self.width
 
 
-def _bn(name):
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)
-
-
 def _final_conv(x, filters, name):
     """Linear 1x1 conv with bias, float32 output, reference init N(0, 0.001) / 0."""
     return keras.layers.Conv2D(
@@ -155,7 +149,7 @@ def art_residual_block(x, dilation_rate=1, name="art"):
             kernel_initializer="he_normal",
             name=f"{name}_aconv{unit}",
         )(y)
-        y = _bn(f"{name}_bn{unit}")(y)
+        y = batch_norm(y, f"{name}_bn{unit}")
         if unit == 1:
             y = keras.layers.ReLU(name=f"{name}_relu{unit}")(y)
     y = keras.layers.Add(name=f"{name}_add")([y, x])

@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 
 from tfpose.export.tflite import GPU_DELEGATE_OPS, keras_to_tflite, operator_names
-from tfpose.layers.adaptive_conv import AdaptiveBlock, AdaptiveConv2D
+from tfpose.layers.adaptive_conv import AdaptiveConv2D
 
-# The delegate ops (DESIGN.md section 3) an adaptive block converts to.
+# The delegate ops (DESIGN.md section 3) adaptive convs with BN, ReLU and a shortcut convert to.
 BLOCK_OPS = {
     "ADD", "SUB", "MUL", "MAXIMUM", "MINIMUM", "FLOOR", "CAST", "RESHAPE", "CONCATENATION",
     "SLICE", "GATHER", "CONV_2D", "DEPTHWISE_CONV_2D", "RELU",
@@ -123,7 +123,7 @@ def test_validation_messages():
     with pytest.raises(ValueError, match="Received: dilation_rate=0"):
         AdaptiveConv2D(4, dilation_rate=0)
     with pytest.raises(ValueError, match="Received: filters=-2"):
-        AdaptiveBlock(-2)
+        AdaptiveConv2D(-2)
     with pytest.raises(ValueError, match="must be known"):
         AdaptiveConv2D(4).build((1, 5, 5, None))
 
@@ -140,38 +140,19 @@ def test_get_config_round_trip_and_keras_file(tmp_path):
     clone.set_weights(layer.get_weights())
     np.testing.assert_allclose(clone(x).numpy(), layer(x).numpy(), atol=1e-6)
 
-    block = AdaptiveBlock(6, dilation_rate=1, residual=True, name="block")
-    assert AdaptiveBlock.from_config(block.get_config()).get_config() == block.get_config()
     inputs = keras.Input((5, 6, 3))
-    model = keras.Model(inputs, block(layer(inputs)))
+    model = keras.Model(inputs, AdaptiveConv2D(6, name="second")(layer(inputs)))
     path = tmp_path / "model.keras"
     model.save(path)
     loaded = keras.models.load_model(path)
     np.testing.assert_allclose(loaded(x).numpy(), model(x).numpy(), atol=1e-6)
 
 
-def test_adaptive_block_identity_start_is_residual_conv_bn_relu():
-    x = np.random.default_rng(3).normal(size=(2, 6, 6, 4)).astype(np.float32)
-    block = AdaptiveBlock(4)
-    y = block(x, training=False).numpy()
-    assert block.projection is None
-    conv = keras.layers.Conv2D(4, 3, padding="same", use_bias=False)
-    conv.build(x.shape)
-    conv.set_weights([block.adaptive_conv.kernel.numpy()])
-    gamma, beta, mean, var = (w.numpy() for w in block.bn.weights)
-    bn = (conv(x).numpy() - mean) / np.sqrt(var + 1e-5) * gamma + beta
-    np.testing.assert_allclose(y, np.maximum(bn + x, 0.0), atol=1e-5)
-    projected = AdaptiveBlock(8)
-    assert projected(x).shape == (2, 6, 6, 8) and projected.projection is not None
-    plain = AdaptiveBlock(8, residual=False)
-    assert plain(x).shape == (2, 6, 6, 8) and plain.projection is None
-
-
 def test_tflite_conversion_uses_delegate_ops_only(tmp_path, run_tflite):
     inputs = keras.Input((8, 8, 4), batch_size=1)
     x = AdaptiveConv2D(4, transform_initializer="random_normal", name="ada")(inputs)
-    outputs = AdaptiveBlock(6, name="block")(x)
-    model = keras.Model(inputs, outputs)
+    y = keras.layers.ReLU()(keras.layers.BatchNormalization()(AdaptiveConv2D(4, name="ada2")(x)))
+    model = keras.Model(inputs, keras.layers.Add()([x, y]))
     content = keras_to_tflite(model, [tf.TensorSpec((1, 8, 8, 4), tf.float32)], str(tmp_path))
     used = operator_names(content)
     assert used.count("GATHER") == 2 and "GATHER_ND" not in used  # one gather per adaptive conv

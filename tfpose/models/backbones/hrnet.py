@@ -86,7 +86,8 @@ class NearestUpsampling2D(keras.layers.Layer):
         return config
 
 
-def _bn(x, name):
+def batch_norm(x, name):
+    """BatchNormalization with the HRNet/PyTorch momentum and epsilon, applied to `x`."""
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
@@ -106,7 +107,7 @@ def conv_bn(x, filters, kernel_size=3, strides=1, relu=True, name="conv"):
         kernel_initializer="he_normal",
         name=f"{name}_conv",
     )(x)
-    x = _bn(x, f"{name}_bn")
+    x = batch_norm(x, f"{name}_bn")
     if relu:
         x = keras.layers.ReLU(name=f"{name}_relu")(x)
     return x
@@ -343,7 +344,7 @@ def higher_hrnet_deconv(features, heatmaps, filters, num_blocks=4, name="deconv"
         kernel_initializer="he_normal",
         name=f"{name}_conv",
     )(x)
-    x = _bn(x, f"{name}_bn")
+    x = batch_norm(x, f"{name}_bn")
     x = keras.layers.ReLU(name=f"{name}_relu")(x)
     for k in range(num_blocks):
         x = basic_block(x, filters, name=f"{name}_block{k}")
