@@ -8,8 +8,23 @@ import stat
 import tempfile
 
 
+def fsync_path(path) -> None:
+    """fsync a file or a directory (a directory: so a rename inside it survives a crash)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def temporary_prefix(path) -> str:
+    """Name prefix of the temporary files ``atomic_write(path, ...)`` leaves if it is killed."""
+    return f".{os.path.basename(os.fspath(path))}."
+
+
 def atomic_write(path, data: bytes) -> str:
-    """Writes `data` to `path` through a temporary file in its folder + fsync + os.replace.
+    """Writes `data` to `path` through a temporary file in its folder + fsync + os.replace, then
+    fsyncs the folder.
 
     The folder is created; a replaced file keeps its permission bits (new files get 0644).
     Returns the path written.
@@ -21,7 +36,7 @@ def atomic_write(path, data: bytes) -> str:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=temporary_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)  # mkstemp creates 0600
@@ -33,4 +48,5 @@ def atomic_write(path, data: bytes) -> str:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    fsync_path(folder)
     return path

@@ -43,6 +43,8 @@ import uuid
 
 import tensorflow as tf
 
+from tfpose.fileio import atomic_write, fsync_path, temporary_prefix
+
 POINTER = "latest.json"
 PREFIX = "ckpt"  # file prefix inside a checkpoint directory
 _NAME = re.compile(r"^ckpt-(\d+)(?:\.(\d+))?$")  # ckpt-<step>[.<re-save>]
@@ -84,29 +86,11 @@ class TrainState(tf.Module):
                 "best_metric": float(self.best_metric.numpy())}
 
 
-def _fsync_path(path: str):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(directory: str):
     for root, _, files in os.walk(directory):
         for name in files:
-            _fsync_path(os.path.join(root, name))
-        _fsync_path(root)
-
-
-def _write_json_atomic(path: str, data: dict):
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_path(os.path.dirname(path) or ".")
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 def _remove_dir(path: str):
@@ -171,7 +155,7 @@ class CheckpointStore:
             path = os.path.join(self.directory, name)
             if name.startswith((".tmp-", ".trash-")):
                 shutil.rmtree(path, ignore_errors=True)
-            elif name.startswith(POINTER + ".tmp-"):
+            elif name.startswith(temporary_prefix(POINTER)):
                 os.remove(path)
         info = self.latest()
         current = _order(info["checkpoint"]) if info else (-1, -1)
@@ -192,8 +176,9 @@ class CheckpointStore:
         _fsync_tree(tmp)
         final = os.path.join(self.directory, name)
         os.rename(tmp, final)
-        _fsync_path(self.directory)
-        _write_json_atomic(os.path.join(self.directory, POINTER), record)
+        fsync_path(self.directory)
+        atomic_write(os.path.join(self.directory, POINTER),
+                     json.dumps(record, indent=1, sort_keys=True).encode("utf-8"))
         self._retain(name)
         return os.path.join(final, PREFIX)
 

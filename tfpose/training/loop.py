@@ -55,6 +55,7 @@ import tensorflow as tf
 import yaml
 
 from tfpose.config import ConfigError, to_dict
+from tfpose.fileio import atomic_write
 from tfpose.training import optim
 from tfpose.training import strategy as strategy_lib
 from tfpose.training.checkpoint import CheckpointStore, TrainState, restore
@@ -454,11 +455,8 @@ class Trainer:
 
     def _write_config(self):
         if self.chief:
-            os.makedirs(self.out_dir, exist_ok=True)
-            path = os.path.join(self.out_dir, "config.yaml")
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                yaml.safe_dump(to_dict(self.cfg), f, sort_keys=False)
-            os.replace(path + ".tmp", path)
+            atomic_write(os.path.join(self.out_dir, "config.yaml"),
+                         yaml.safe_dump(to_dict(self.cfg), sort_keys=False).encode("utf-8"))
 
     def fit(self, resume: bool = False, max_steps: int = 0) -> TrainResult:
         """Trains until ``train.epochs`` (or ``max_minutes``, or ``max_steps`` more steps).

@@ -38,6 +38,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from tfpose.config import ConfigError
+from tfpose.fileio import fsync_path
 from tfpose.postprocess.scoring import (SCORER_WEIGHTS, build_scorer, num_pose_features,
                                         pose_features)
 
@@ -321,11 +322,7 @@ def save_weights_atomic(model, path: str) -> str:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(directory)
     return path
 
 

@@ -50,7 +50,7 @@ def test_save_latest_retention_and_resave(tmp_path):
 @pytest.mark.parametrize("target", [
     "_fsync_tree",  # checkpoint files written, not yet durable
     "os.rename",  # complete temporary directory, not yet renamed
-    "_write_json_atomic",  # ckpt-N renamed, pointer not yet written
+    "atomic_write",  # ckpt-N renamed, pointer not yet written
     "os.replace",  # new pointer in its temporary file, not yet swapped in
     "_remove_dir",  # new pointer in place, retention interrupted
 ])
