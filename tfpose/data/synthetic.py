@@ -1087,17 +1087,24 @@ def main(argv):
     del argv
     from absl import flags
 
+    from tfpose.config import ConfigError
+
     f = flags.FLAGS
-    cfg = SyntheticConfig(min_people=f.min_people, max_people=f.max_people,
-                          min_scale=f.min_scale, max_scale=f.max_scale,
-                          crowd_rate=f.crowd_rate, unlabelled_rate=f.unlabelled_rate)
-    path = generate(f.out, f.keypoints, num_images=f.num_images, image_size=f.size, seed=f.seed,
-                    split_name=f.split, config=cfg)
+    try:  # the config and generate() check the flag values first, naming the one at fault
+        cfg = SyntheticConfig(min_people=f.min_people, max_people=f.max_people,
+                              min_scale=f.min_scale, max_scale=f.max_scale,
+                              crowd_rate=f.crowd_rate, unlabelled_rate=f.unlabelled_rate)
+        path = generate(f.out, f.keypoints, num_images=f.num_images, image_size=f.size,
+                        seed=f.seed, split_name=f.split, config=cfg)
+    except ValueError as e:
+        raise ConfigError(f"tfpose.data.synthetic: {e}") from None
     print(path)
 
 
 if __name__ == "__main__":
     from absl import app
 
+    from tfpose.cli import user_errors_as_lines
+
     _define_flags()
-    app.run(main, flags_parser=_parse)
+    app.run(user_errors_as_lines(main), flags_parser=_parse)

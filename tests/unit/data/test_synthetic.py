@@ -362,3 +362,14 @@ def test_cli(tmp_path):
     assert data["categories"][0]["keypoints"] == CUSTOM5["names"]
     assert data["info"]["config"]["max_people"] == 2
     assert (out / "images" / "val" / "000000000003.jpg").is_file()
+
+
+def test_cli_bad_flag_value_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "tfpose.data.synthetic", "--out", str(tmp_path / "bad"),
+           "--num-images", "2", "--min-scale", "2"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "min_scale=2.0" in result.stderr
+    assert not (tmp_path / "bad").exists()
