@@ -10,16 +10,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from tfpose.layers.sampling import bilinear_sample, pixel_centers, regular_grid_array
+from tfpose.layers.deformable_conv import (
+    check_positive_int,
+    points_from_offsets,
+    sample_and_project,
+)
+from tfpose.layers.sampling import regular_grid_array
 
 # 2x2 transform T (row-major a, b, c, d) and translation (tx, ty) of the identity.
 _IDENTITY_TRANSFORM = (1.0, 0.0, 0.0, 1.0, 0.0, 0.0)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value}")
-    return int(value)
 
 
 @keras.saving.register_keras_serializable(package="tfpose")
@@ -33,7 +32,8 @@ class AdaptiveConv2D(keras.layers.Layer):
     is mapped to 9 offsets, the input is bilinearly sampled at q + offsets with zero padding
     (``tfpose.layers.sampling.bilinear_sample``, pixel centres at integer + 0.5), and the 9
     samples are combined by a linear map stored as a Keras ``Conv2D`` kernel [3, 3, C_in,
-    filters] and applied as a 1x1 convolution over the concatenated samples [9 * C_in].
+    filters] and applied as a 1x1 convolution over the concatenated samples [9 * C_in]
+    (``tfpose.layers.deformable_conv.sample_and_project``, shared with ``DeformableConv2D``).
 
     The transform convolution's kernel starts at zero and its bias at T = I, t = 0, so the layer
     starts as a ``Conv2D(filters, 3, padding="same", dilation_rate=dilation_rate)`` with the same
@@ -70,8 +70,8 @@ class AdaptiveConv2D(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.filters = _check_positive_int("filters", filters)
-        self.dilation_rate = _check_positive_int("dilation_rate", dilation_rate)
+        self.filters = check_positive_int("filters", filters)
+        self.dilation_rate = check_positive_int("dilation_rate", dilation_rate)
         self.use_translation = bool(use_translation)
         self.use_bias = bool(use_bias)
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
@@ -145,26 +145,10 @@ class AdaptiveConv2D(keras.layers.Layer):
             strides=1,
             padding="SAME",
         )  # [B, H, W, 18]
-        static = inputs.shape.as_list()
-        dynamic = tf.shape(inputs)
-        batch, height, width = (dynamic[i] if static[i] is None else static[i] for i in range(3))
-        centers = tf.reshape(pixel_centers(height, width), [1, height, width, 1, 2])
-        return centers + tf.reshape(offsets, [batch, height, width, 9, 2])
+        return points_from_offsets(offsets, 9)
 
     def call(self, inputs):
-        dtype = inputs.dtype
-        points = self.sampling_points(inputs)
-        samples = bilinear_sample(inputs, points)  # [B, H, W, 9, C_in]
-        static = inputs.shape.as_list()
-        dynamic = tf.shape(inputs)
-        shape = [dynamic[i] if d is None else d for i, d in enumerate(static[:3])]
-        channels = static[3]
-        samples = tf.reshape(samples, shape + [9 * channels])
-        kernel = tf.reshape(tf.cast(self.kernel, dtype), [1, 1, 9 * channels, self.filters])
-        outputs = tf.nn.conv2d(samples, kernel, strides=1, padding="VALID")
-        if self.use_bias:
-            outputs = outputs + tf.cast(self.bias, dtype)
-        return outputs
+        return sample_and_project(inputs, self.sampling_points(inputs), self.kernel, self.bias)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.filters,)
