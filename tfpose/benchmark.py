@@ -2,6 +2,8 @@
 
     python -m tfpose.benchmark pipeline --config C [--split train] [--batches 30] [--json]
     python -m tfpose.benchmark model --config C [--runs 20] [--warmup 3] [--json]
+    python -m tfpose.benchmark tflite --model M.tflite [--threads 2] [--runs 20] [--warmup 3]
+        [--saved_model DIR] [--json]
 
 ``pipeline``: images/s of the training input pipeline (decode + augment + encode + batch) on the
 config's split, after a warm-up.
@@ -17,6 +19,15 @@ for the first image of the val split (a random image if the config has none), ov
 runs after ``--warmup`` runs. Untrained weights: decode time depends on how many candidates the
 outputs hold, so it is only indicative before training.
 
+``tflite``: batch-1 latency of an exported .tflite (tfpose.export.tflite) on the CPU with the
+LiteRT interpreter (``ai_edge_litert``) and its default XNNPACK delegate on ``--threads``
+threads: median and min milliseconds of set input + invoke + read outputs, over ``--runs`` runs
+after ``--warmup`` runs, on a random image (seeded; the decode time depends on how many
+candidates the image gives, so time a trained model), plus the file size and the metadata's
+quantisation. With ``--saved_model DIR`` the same image goes through that SavedModel's
+``serving_default`` signature (TensorFlow limited to ``--threads`` intra-op threads), for a
+comparison on the same machine.
+
 The last line is one JSON object when --json is given.
 """
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import statistics
 import time
 
@@ -80,13 +92,8 @@ def graph_flops(concrete_function) -> int:
     return int(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
 
 
-def _timed(fn, arg, runs: int, warmup: int) -> list:
-    """Milliseconds of `runs` calls of fn(arg) (results fetched to the host) after `warmup`."""
-    import tensorflow as tf
-
-    def call():
-        return tf.nest.map_structure(lambda t: t.numpy(), fn(arg))
-
+def _milliseconds(call, runs: int, warmup: int) -> list:
+    """Milliseconds of `runs` calls of call() after `warmup` untimed ones."""
     for _ in range(warmup):
         call()
     times = []
@@ -95,6 +102,14 @@ def _timed(fn, arg, runs: int, warmup: int) -> list:
         call()
         times.append((time.perf_counter() - start) * 1e3)
     return times
+
+
+def _timed(fn, arg, runs: int, warmup: int) -> list:
+    """Milliseconds of `runs` calls of fn(arg) (results fetched to the host) after `warmup`."""
+    import tensorflow as tf
+
+    return _milliseconds(lambda: tf.nest.map_structure(lambda t: t.numpy(), fn(arg)), runs,
+                         warmup)
 
 
 def _decode_image(cfg, codec, size: int):
@@ -154,21 +169,105 @@ def benchmark_model(cfg, runs: int = 20, warmup: int = 3) -> dict:
     }
 
 
-BENCHMARKS = {"pipeline": benchmark_pipeline, "model": benchmark_model}
+def benchmark_tflite(model: str, threads: int = 2, runs: int = 20, warmup: int = 3,
+                     saved_model: str = "") -> dict:
+    """Batch-1 CPU milliseconds of a .tflite (XNNPACK, `threads` threads) and, optionally, of a
+    SavedModel's ``serving_default`` signature on the same image (module docstring)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfpose.export.tflite import read_metadata
+
+    if threads < 1 or runs < 1 or warmup < 0:
+        raise cli.ConfigError(f"--threads and --runs must be >= 1 and --warmup >= 0 (got "
+                              f"{threads}, {runs}, {warmup})")
+    if not model or not os.path.isfile(model):
+        raise FileNotFoundError(f"--model {model!r}: no such .tflite file")
+    if saved_model and not os.path.isdir(saved_model):
+        raise FileNotFoundError(f"--saved_model {saved_model!r}: no such SavedModel folder")
+    try:
+        interpreter = Interpreter(model_path=model, num_threads=threads)
+    except ValueError as e:
+        raise cli.ConfigError(f"--model {model}: not a loadable .tflite ({e})") from None
+    interpreter.allocate_tensors()
+    detail = interpreter.get_input_details()[0]
+    outputs = [d["index"] for d in interpreter.get_output_details()]
+    dtype = np.dtype(detail["dtype"])
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, detail["shape"]).astype(dtype)
+
+    def invoke():
+        interpreter.set_tensor(detail["index"], image)
+        interpreter.invoke()
+        return [interpreter.get_tensor(i) for i in outputs]
+
+    times = _milliseconds(invoke, runs, warmup)
+    try:
+        quantization = read_metadata(model).get("quantization", "unknown")
+    except ValueError:
+        quantization = "unknown (no tfpose metadata)"
+    result = {
+        "benchmark": "tflite", "model": model,
+        "file_mb": round(os.path.getsize(model) / 2**20, 3), "quantization": quantization,
+        "input": f"{dtype.name} {[int(d) for d in detail['shape']]}", "threads": threads,
+        "delegate": "XNNPACK (LiteRT default)",
+        "ms_median": round(statistics.median(times), 2), "ms_min": round(min(times), 2),
+        "runs": runs, "warmup": warmup, "input_image": "random (seed 0)",
+    }
+    if saved_model:
+        result.update(_benchmark_saved_model(saved_model, image, threads, runs, warmup))
+    return result
+
+
+def _benchmark_saved_model(path: str, image, threads: int, runs: int, warmup: int) -> dict:
+    """Median / min milliseconds of ``serving_default`` on `image` (cast to its input dtype)."""
+    import tensorflow as tf
+
+    try:  # only possible before TensorFlow runs its first op
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        log.warning("benchmark tflite: TensorFlow already started; its thread count is unchanged")
+    try:
+        signature = tf.saved_model.load(path).signatures["serving_default"]
+    except (KeyError, OSError, ValueError) as e:
+        raise cli.ConfigError(f"--saved_model {path}: no loadable serving_default signature "
+                              f"({type(e).__name__})") from None
+    inputs = signature.structured_input_signature[1]
+    if len(inputs) != 1:
+        raise cli.ConfigError(f"--saved_model {path}: serving_default takes {sorted(inputs)}; "
+                              "the benchmark feeds one image input")
+    (name, spec), = inputs.items()
+    tensor = tf.constant(image, dtype=spec.dtype)
+    times = _timed(lambda x: signature(**{name: x}), tensor, runs, warmup)
+    return {"saved_model": path, "saved_model_ms_median": round(statistics.median(times), 2),
+            "saved_model_ms_min": round(min(times), 2),
+            "saved_model_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
+
+
+BENCHMARKS = {"pipeline": benchmark_pipeline, "model": benchmark_model,
+              "tflite": benchmark_tflite}
 
 
 def _flag_args(name: str) -> dict:
     if name == "pipeline":
         return {"split": FLAGS.split, "batches": FLAGS.batches}
+    if name == "tflite":
+        return {"model": FLAGS.model, "threads": FLAGS.threads, "runs": FLAGS.runs,
+                "warmup": FLAGS.warmup, "saved_model": FLAGS.saved_model}
     return {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
 
 
 def main(argv):
     if len(argv) != 2 or argv[1] not in BENCHMARKS:
         raise cli.ConfigError(f"usage: python -m tfpose.benchmark {{{'|'.join(BENCHMARKS)}}} "
-                              "--config C [--json]")
-    cfg = cli.load_config_from_flags()
-    result = BENCHMARKS[argv[1]](cfg, **_flag_args(argv[1]))
+                              "(--config C | --model M.tflite) [--json]")
+    if argv[1] == "tflite":
+        result = benchmark_tflite(**_flag_args("tflite"))
+    else:
+        if not FLAGS.config:
+            raise cli.ConfigError(f"benchmark {argv[1]} needs --config FILE")
+        cfg = cli.load_config_from_flags()
+        result = BENCHMARKS[argv[1]](cfg, **_flag_args(argv[1]))
     if FLAGS.json:
         print(json.dumps(result))
     else:
@@ -177,10 +276,15 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    cli.define_config_flags()
+    cli.define_config_flags(required=False)
     cli.flags.DEFINE_string("split", "train", "Dataset split to read (train or val).")
     cli.flags.DEFINE_integer("batches", 30, "Batches to time after the warm-up.")
-    cli.flags.DEFINE_integer("runs", 20, "model: timed runs after the warm-up.")
-    cli.flags.DEFINE_integer("warmup", 3, "model: untimed runs first (tracing, autotuning).")
+    cli.flags.DEFINE_integer("runs", 20, "model, tflite: timed runs after the warm-up.")
+    cli.flags.DEFINE_integer("warmup", 3, "model, tflite: untimed runs first (tracing, "
+                             "autotuning).")
+    cli.flags.DEFINE_string("model", "", "tflite: the .tflite file to time.")
+    cli.flags.DEFINE_integer("threads", 2, "tflite: interpreter (and SavedModel) CPU threads.")
+    cli.flags.DEFINE_string("saved_model", "", "tflite: also time this SavedModel's "
+                            "serving_default signature on the same image.")
     cli.flags.DEFINE_bool("json", False, "Print the result as one JSON line.")
     cli.run(main)
