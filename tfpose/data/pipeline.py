@@ -93,7 +93,8 @@ def bottom_up_samples(element: dict, seed, *, cfg, training: bool) -> dict:
     image = element["image"]
     hw = tf.shape(image)[:2]
     if training:
-        matrix, flipped = augment.random_affine(data.augment, hw, size, seed)
+        matrix, flipped = augment.random_affine(data.augment, hw, size, seed,
+                                                keypoints=element["keypoints"])
     else:
         matrix, flipped = augment.eval_affine(hw, size), tf.constant(False)
     warped = tf.ensure_shape(augment.warp_image(image, matrix, size), [size, size, 3])

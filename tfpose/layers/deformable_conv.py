@@ -172,8 +172,16 @@ class DeformableConv2D(keras.layers.Layer):
         else:
             self.bias = None
 
+    @property
+    def input_dtype(self):
+        # Inputs arrive in the variable dtype (float32) under mixed precision and call casts
+        # only the features: a half-precision offset cannot hold pixel coordinates
+        # (10.3 -> 10.3125 in bfloat16).
+        return self.variable_dtype
+
     def call(self, inputs):
         features, offsets = inputs
+        features = tf.cast(features, self.compute_dtype)
         points = points_from_offsets(offsets, self.num_points)
         return sample_and_project(features, points, self.kernel, self.bias)
 

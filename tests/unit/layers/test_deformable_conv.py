@@ -145,6 +145,20 @@ def test_dynamic_spatial_size_and_mixed_precision():
     np.testing.assert_allclose(y.numpy().astype(np.float32), full([x, o]).numpy(), atol=5e-2)
 
 
+def test_offsets_keep_float32_under_mixed_precision():
+    # A ramp feature (value = x - 1000 at pixel centre x) sampled 1000.3 px right of pixel 0's
+    # centre reads 0.8; an offset rounded to float16 (1000.5) would read 1.0.
+    width = 1100
+    features = (np.arange(width, dtype=np.float32) + 0.5 - 1000.0).reshape(1, 1, width, 1)
+    offsets = np.zeros((1, 1, width, 2), np.float32)
+    offsets[0, 0, 0, 0] = 1000.3
+    layer = DeformableConv2D(1, 1, use_bias=False, kernel_initializer="ones",
+                             dtype="mixed_float16")
+    out = layer([features, offsets])
+    assert out.dtype == "float16"
+    assert abs(float(out[0, 0, 0, 0]) - 0.8) < 0.01
+
+
 def test_validation_messages():
     with pytest.raises(ValueError, match="Received: filters=0"):
         DeformableConv2D(0, 3)
