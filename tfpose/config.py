@@ -75,6 +75,9 @@ class AugmentConfig:
     scale_max: float = field(1.5, low=0.01)
     translation: float = field(40.0, low=0.0, doc="max shift in input pixels")
     flip: float = field(0.5, low=0.0, high=1.0, doc="probability of a horizontal flip")
+    center_on_person: bool = field(False, doc="centre the crop on a random labelled person "
+                                   "instead of the image centre (PoseDet recipe, paper 001 "
+                                   "Sec. 4.1)")
 
 
 @dataclasses.dataclass

@@ -71,6 +71,7 @@ def build_codec(cfg):
 
 
 # Modules that register codecs and methods.
-_MODULES = ("tfpose.codecs.ae", "tfpose.codecs.dekr", "tfpose.methods.dekr")
+_MODULES = ("tfpose.codecs.ae", "tfpose.codecs.dekr", "tfpose.methods.dekr",
+            "tfpose.codecs.posedet", "tfpose.methods.posedet")
 for _module in _MODULES:
     importlib.import_module(_module)

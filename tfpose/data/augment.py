@@ -22,6 +22,13 @@ with c the image centre (W/2, H/2), L = max(H, W), and
     * ``F`` mirrors x -> S - x with probability ``flip``; keypoint identities are then swapped
       with ``spec.flip_index`` (:func:`transform_keypoints`).
 
+With ``center_on_person`` (opt-in; PoseDet's recipe, paper 001 Sec. 4.1: "resize factor in
+[0.5, 1.5], then cropped centred on a random person to 512x512 patches") ``c`` is instead the
+centre of the labelled-keypoint box of a person drawn uniformly among those with a labelled
+keypoint (the image centre when there is none), and L = S: the window is s * S original pixels
+around the person, resized to the S x S input (zoom 1 / s of the original resolution; the
+PoseDet reference's ``CenterRandomCropXiao`` with ``scale_factor`` 0.5).
+
 Evaluation uses the letterbox :func:`eval_affine`: s = 1, no rotation, shift or flip.
 """
 
@@ -75,7 +82,33 @@ def _uniform(seed, shape):
     return tf.random.stateless_uniform(shape, seed=seed, dtype=tf.float32)
 
 
-def random_affine(aug_cfg, image_hw, input_size: int, seed, center=None, extent=None):
+def person_center(keypoints, u):
+    """Centre of the labelled-keypoint box of one person picked by ``u`` (``center_on_person``).
+
+    Args:
+        keypoints: float [N, K, 3], (x, y, v) in original pixels.
+        u: float scalar in [0, 1); person ``floor(u * P)`` of the P people with a labelled
+            (v > 0) keypoint, in their order in ``keypoints``.
+
+    Returns:
+        (center float32 [2] (x, y), found bool scalar); center is (0, 0) when P = 0.
+    """
+    keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+    people = tf.boolean_mask(keypoints, tf.reduce_any(keypoints[..., 2] > 0, axis=-1))
+    count = tf.shape(people)[0]
+
+    def pick():
+        index = tf.minimum(tf.cast(u * tf.cast(count, tf.float32), tf.int32), count - 1)
+        person = tf.gather(people, index)
+        xy = tf.boolean_mask(person[:, :2], person[:, 2] > 0)
+        return (tf.reduce_min(xy, axis=0) + tf.reduce_max(xy, axis=0)) / 2.0
+
+    center = tf.cond(count > 0, pick, lambda: tf.zeros([2], tf.float32))
+    return center, count > 0
+
+
+def random_affine(aug_cfg, image_hw, input_size: int, seed, center=None, extent=None,
+                  keypoints=None):
     """Draws one training transform (see the module docstring for the composition).
 
     Args:
@@ -84,15 +117,28 @@ def random_affine(aug_cfg, image_hw, input_size: int, seed, center=None, extent=
         input_size: int, S.
         seed: int32/int64 [2] stateless seed, or a ``tf.random.Generator``.
         center: optional float [2], (x, y) point brought to the input centre; defaults to the
-            image centre (a top-down method passes a person box centre).
+            image centre (a top-down method passes a person box centre), or with
+            ``aug_cfg.center_on_person`` to a random labelled person's centre.
         extent: optional float scalar, the original-pixel length fitted to S at s = 1; defaults
-            to the longer image side.
+            to the longer image side, or to S with ``aug_cfg.center_on_person``.
+        keypoints: optional float [N, K, 3] in original pixels; needed (and only read) when
+            ``aug_cfg.center_on_person`` is set and ``center`` is not given.
 
     Returns:
         (matrix float32 [3, 3] original -> input pixels, flipped bool scalar).
     """
+    on_person = bool(getattr(aug_cfg, "center_on_person", False)) and center is None
+    if on_person and keypoints is None:
+        raise ValueError("data.augment.center_on_person = true needs the keypoints: "
+                         "random_affine(..., keypoints=[N, K, 3])")
+    if on_person and extent is None:
+        extent = float(input_size)
     center, extent = _image_frame(image_hw, center, extent)
-    u = _uniform(seed, [5])
+    # One more draw (the person) only with center_on_person: the default stream is unchanged.
+    u = _uniform(seed, [6 if on_person else 5])
+    if on_person:
+        chosen, found = person_center(keypoints, u[5])
+        center = tf.where(found, chosen, center)
     s = aug_cfg.scale_min + u[0] * (aug_cfg.scale_max - aug_cfg.scale_min)
     angle = (2.0 * u[1] - 1.0) * aug_cfg.rotation
     shift = (2.0 * u[2:4] - 1.0) * aug_cfg.translation

@@ -3,6 +3,10 @@
 Same definition as the numpy reference :func:`tfpose.evaluation.oks.oks` (cocoapi
 ``COCOeval.computeOks``), computed in float32 with broadcasting only (no gather, no dynamic
 shapes), so it runs inside ``tf.function``, tf.data and TFLite/ONNX exports.
+
+Also the pose-to-pose helpers of detection-style codecs: :func:`keypoint_boxes`,
+:func:`keypoint_box_areas` and the symmetric :func:`pairwise_oks` used by OKS NMS
+(:mod:`tfpose.postprocess.nms`).
 """
 
 from __future__ import annotations
@@ -69,3 +73,70 @@ def oks_tf(pred: tf.Tensor, gt: tf.Tensor, areas: tf.Tensor, sigmas: Sequence[fl
         e_box = (dx ** 2 + dy ** 2) / variances / scale / 2.0
         out_box = tf.reduce_mean(tf.exp(-e_box), axis=-1)
     return tf.where(num_labelled > 0, out, out_box)
+
+
+# --- pose-to-pose similarity for NMS and the posedet assignment ---------------------------------
+
+# Coordinate standing for "no keypoint" in the box min / max reductions (finite: no inf in graphs).
+_FAR = 1e9
+
+
+def keypoint_boxes(keypoints: tf.Tensor, labelled: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """Boxes (x0, y0, x1, y1) around keypoints: min / max of x and y over the labelled ones.
+
+    Args:
+        keypoints: float [..., K, C], C >= 2: (x, y, ...).
+        labelled: optional bool [..., K]; all keypoints count when None.
+
+    Returns:
+        float32 [..., 4]; (0, 0, 0, 0) where no keypoint is labelled.
+    """
+    keypoints = tf.convert_to_tensor(keypoints, tf.float32)
+    x, y = keypoints[..., 0], keypoints[..., 1]
+    if labelled is None:
+        return tf.stack([tf.reduce_min(x, -1), tf.reduce_min(y, -1),
+                         tf.reduce_max(x, -1), tf.reduce_max(y, -1)], axis=-1)
+    labelled = tf.convert_to_tensor(labelled, tf.bool)
+    box = tf.stack([tf.reduce_min(tf.where(labelled, x, _FAR), -1),
+                    tf.reduce_min(tf.where(labelled, y, _FAR), -1),
+                    tf.reduce_max(tf.where(labelled, x, -_FAR), -1),
+                    tf.reduce_max(tf.where(labelled, y, -_FAR), -1)], axis=-1)
+    return tf.where(tf.reduce_any(labelled, -1)[..., None], box, 0.0)
+
+
+def keypoint_box_areas(keypoints: tf.Tensor, labelled: Optional[tf.Tensor] = None,
+                       min_area: float = 0.0) -> tf.Tensor:
+    """Areas w * h of :func:`keypoint_boxes`, at least ``min_area``. float32 [...]."""
+    box = keypoint_boxes(keypoints, labelled)
+    area = (box[..., 2] - box[..., 0]) * (box[..., 3] - box[..., 1])
+    return tf.maximum(area, float(min_area))
+
+
+def pairwise_oks(poses: tf.Tensor, areas: tf.Tensor, sigmas: Sequence[float]) -> tf.Tensor:
+    """Symmetric OKS between the poses of each image, every keypoint counted (NMS of detections).
+
+    ``OKS_ij = mean_k exp(-d_ijk^2 / (2 s_ij^2 (2 sigma_k)^2))`` (COCO's per-keypoint term) with
+    d the distance between keypoint k of poses i and j and s_ij^2 = (a_i + a_j) / 2 the mean of
+    their areas, so OKS_ij = OKS_ji (OKS NMS of Papandreou et al. 2017 as PoseDet uses it).
+
+    Args:
+        poses: float [B, P, K, C], C >= 2: (x, y, ...).
+        areas: float [B, P]: s^2 of every pose (e.g. :func:`keypoint_box_areas`).
+        sigmas: K per-keypoint OKS sigmas (a constant).
+
+    Returns:
+        float32 [B, P, P], 1 on the diagonal.
+    """
+    sigmas = np.asarray(sigmas, dtype=np.float32).reshape(-1)
+    poses = tf.convert_to_tensor(poses, tf.float32)
+    areas = tf.convert_to_tensor(areas, tf.float32)
+    if poses.shape.rank != 4 or poses.shape[2] != sigmas.shape[0]:
+        raise ValueError(f"poses must be [B, P, {sigmas.shape[0]}, C], got {poses.shape}")
+    # exponent -d^2 * c_k / s^2 with c_k = 1 / (2 (2 sigma_k)^2); x and y apart (a reduction
+    # over a size-2 axis of [B, P, P, K, 2] is several times slower)
+    coef = tf.constant(-1.0 / (2.0 * (sigmas * 2) ** 2), tf.float32)  # [K]
+    inv_scale = 1.0 / ((areas[:, :, None] + areas[:, None, :]) * 0.5 + AREA_EPS)  # [B, P, P]
+    x, y = poses[..., 0], poses[..., 1]  # [B, P, K]
+    dx = x[:, :, None] - x[:, None]
+    dy = y[:, :, None] - y[:, None]  # [B, P, P, K]
+    return tf.reduce_mean(tf.exp((dx * dx + dy * dy) * coef * inv_scale[..., None]), axis=-1)
