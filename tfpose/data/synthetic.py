@@ -103,6 +103,10 @@ class SyntheticConfig:
         unlabelled_rate: float, probability that an image holds a tiny person with no keypoints.
         occluded_fraction: float, a person showing less than this fraction of its in-image
             silhouette gets 0 labelled keypoints.
+        view_spread: float in [0, 1], the sampled body yaw is multiplied by it: 1 gives any view
+            (frontal dominant), 0 frontal views only.
+        clutter: float in [0, 1], share of the background shapes and limb-like distractor strokes
+            drawn (1 = all, 0 = a plain textured gradient).
         jpeg_quality: int, 1..100.
     """
 
@@ -116,6 +120,8 @@ class SyntheticConfig:
     crowd_rate: float = 0.05
     unlabelled_rate: float = 0.08
     occluded_fraction: float = 0.05
+    view_spread: float = 1.0
+    clutter: float = 1.0
     jpeg_quality: int = 92
 
     def __post_init__(self):
@@ -126,7 +132,7 @@ class SyntheticConfig:
             raise ValueError("need 0 < min_scale <= max_scale. Received: "
                              f"min_scale={self.min_scale}, max_scale={self.max_scale}")
         for name in ("upright_prob", "border_prob", "crowd_rate", "unlabelled_rate",
-                     "occluded_fraction"):
+                     "occluded_fraction", "view_spread", "clutter"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1]. Received: {name}={value}")
@@ -304,7 +310,7 @@ class _HumanModel:
     def accepts(spec: KeypointSpec) -> bool:
         return all(_ALIASES.get(n, n) in _HP for n in spec.names)
 
-    def sample(self, rng) -> _Person:
+    def sample(self, rng, view_spread: float = 1.0) -> _Person:
         mode = _MODES[rng.choice(len(_MODES), p=_MODE_P)]
         a = _human_angles(rng, mode)
         r = math.radians
@@ -355,7 +361,7 @@ class _HumanModel:
             p[_HP[name]] = centre + rot_head @ offset
 
         # View: any yaw, small camera pitch; orthographic projection (u, v) = (x, -y), depth z.
-        yaw = rng.normal(0, 50) if rng.random() < 0.6 else rng.uniform(-180, 180)
+        yaw = (rng.normal(0, 50) if rng.random() < 0.6 else rng.uniform(-180, 180)) * view_spread
         view = _rx(r(rng.uniform(-15, 15))) @ _ry(r(yaw))
         p = p @ view.T
         uv = np.stack([p[:, 0], -p[:, 1]], 1)
@@ -545,7 +551,8 @@ class _CreatureModel:
                 [math.cos(angle[j]), math.sin(angle[j])])
         return pos
 
-    def sample(self, rng) -> _Person:
+    def sample(self, rng, view_spread: float = 1.0) -> _Person:
+        del view_spread  # a creature is drawn in the image plane: it has one view
         k = self.num_points
         delta = rng.uniform(-1, 1, k) * self.swing
         pts = self._pose(delta, rng.uniform(0.9, 1.1, k), rng.uniform(0.9, 1.1)) * self.unit
@@ -625,6 +632,7 @@ class _Plan:
     people: list  # far -> near
     background_seed: int
     post_seed: int
+    clutter: float = 1.0
 
 
 def _place(person: _Person, height: float, rotation: float, centre, rng, size: int,
@@ -676,13 +684,13 @@ def _plan_image(rng, model, cfg: SyntheticConfig, size: int) -> _Plan:
     light = np.array([math.cos(light_angle), math.sin(light_angle)])
     people = []
     for _ in range(int(rng.integers(cfg.min_people, cfg.max_people + 1))):
-        person = model.sample(rng)
+        person = model.sample(rng, cfg.view_spread)
         scale = math.exp(rng.uniform(math.log(cfg.min_scale), math.log(cfg.max_scale)))
         _place(person, scale * size, _rotation(rng, cfg), None, rng, size, cfg.border_prob)
         person.depth = math.log(scale) + rng.normal(0, 0.35)
         people.append(person)
     if rng.random() < cfg.unlabelled_rate:
-        person = model.sample(rng)
+        person = model.sample(rng, cfg.view_spread)
         _place(person, rng.uniform(0.03, 0.07) * size, _rotation(rng, cfg), None, rng, size)
         person.depth, person.role = math.log(0.05) + rng.normal(0, 0.2), "unlabelled"
         people.append(person)
@@ -690,7 +698,7 @@ def _plan_image(rng, model, cfg: SyntheticConfig, size: int) -> _Plan:
         centre = rng.uniform(0.2, 0.8, 2) * size
         member_h = rng.uniform(0.07, 0.15) * size
         for _ in range(int(rng.integers(5, 11))):
-            person = model.sample(rng)
+            person = model.sample(rng, cfg.view_spread)
             offset = rng.normal(0, 1, 2) * member_h * [0.8, 0.25]
             _place(person, member_h * rng.uniform(0.85, 1.15), rng.normal(0, 5),
                    centre + offset, rng, size)
@@ -703,7 +711,8 @@ def _plan_image(rng, model, cfg: SyntheticConfig, size: int) -> _Plan:
             for shape in part.shapes:
                 jitter = rng.uniform(-6, 6, 3)
                 shape.colour = tuple(np.clip(palette[shape.slot] + jitter, 0, 255).tolist())
-    return _Plan(size, palette, light, people, int(rng.integers(2**31)), int(rng.integers(2**31)))
+    return _Plan(size, palette, light, people, int(rng.integers(2**31)), int(rng.integers(2**31)),
+                 cfg.clutter)
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -791,8 +800,9 @@ def _draw_label(lab, shape: _Shape, points, value):
         cv2.fillPoly(lab, [_fix(g[0])], value, line, SHIFT)
 
 
-def _background(rng, size: int, palette: dict, light) -> np.ndarray:
-    """Gradient + blotchy texture + random shapes + limb-like distractor strokes."""
+def _background(rng, size: int, palette: dict, light, clutter: float = 1.0) -> np.ndarray:
+    """Gradient + blotchy texture + random shapes + limb-like distractor strokes (their counts
+    times ``clutter``)."""
     s = size
     c0, c1 = rng.uniform(0, 255, (2, 3))
     ang = rng.uniform(0, 2 * math.pi)
@@ -812,7 +822,7 @@ def _background(rng, size: int, palette: dict, light) -> np.ndarray:
                                  + rng.uniform(-15, 15, 3), 0, 255).tolist())
         return tuple(rng.uniform(0, 255, 3).tolist())
 
-    for _ in range(int(rng.integers(6, 22))):
+    for _ in range(round(int(rng.integers(6, 22)) * clutter)):
         kind, centre = rng.integers(5), rng.uniform(-0.1, 1.1, 2) * s
         extent = rng.uniform(0.03, 0.45) * s
         thick = -1 if rng.random() < 0.7 else int(rng.integers(1, 4))
@@ -848,7 +858,7 @@ def _background(rng, size: int, palette: dict, light) -> np.ndarray:
                 img[y0:y1, x0:x1][np.sin(phase) > 0] = col
 
     # Distractors: limb-like tapered strokes in the people's palette, some with a joint blob.
-    for _ in range(int(rng.integers(2, 9))):
+    for _ in range(round(int(rng.integers(2, 9)) * clutter)):
         length = rng.uniform(0.04, 0.2) * s
         width = length * rng.uniform(0.06, 0.2)
         p0 = rng.uniform(0, s, 2)
@@ -870,7 +880,8 @@ def _background(rng, size: int, palette: dict, light) -> np.ndarray:
 def _render(plan: _Plan):
     """The image (uint8 BGR) and one part-label map per person (0 = background)."""
     s = plan.size
-    img = _background(np.random.default_rng(plan.background_seed), s, plan.palette, plan.light)
+    img = _background(np.random.default_rng(plan.background_seed), s, plan.palette, plan.light,
+                      plan.clutter)
     labels = []
     for person in plan.people:
         lab = np.zeros((s, s), np.uint8)
@@ -1066,6 +1077,14 @@ def _define_flags():
     flags.DEFINE_float("crowd_rate", SyntheticConfig.crowd_rate, "share of images with a crowd")
     flags.DEFINE_float("unlabelled_rate", SyntheticConfig.unlabelled_rate,
                        "share of images with a tiny unlabelled person")
+    flags.DEFINE_float("upright_prob", SyntheticConfig.upright_prob,
+                       "probability that a person is upright (else any rotation)")
+    flags.DEFINE_float("border_prob", SyntheticConfig.border_prob,
+                       "probability that a person is placed across an image edge")
+    flags.DEFINE_float("view_spread", SyntheticConfig.view_spread,
+                       "body yaw scale: 1 = any view, 0 = frontal views only")
+    flags.DEFINE_float("clutter", SyntheticConfig.clutter,
+                       "share of background shapes and distractor strokes drawn (0..1)")
     flags.mark_flag_as_required("out")
     return flags.FLAGS
 
@@ -1093,7 +1112,9 @@ def main(argv):
     try:  # the config and generate() check the flag values first, naming the one at fault
         cfg = SyntheticConfig(min_people=f.min_people, max_people=f.max_people,
                               min_scale=f.min_scale, max_scale=f.max_scale,
-                              crowd_rate=f.crowd_rate, unlabelled_rate=f.unlabelled_rate)
+                              crowd_rate=f.crowd_rate, unlabelled_rate=f.unlabelled_rate,
+                              upright_prob=f.upright_prob, border_prob=f.border_prob,
+                              view_spread=f.view_spread, clutter=f.clutter)
         path = generate(f.out, f.keypoints, num_images=f.num_images, image_size=f.size,
                         seed=f.seed, split_name=f.split, config=cfg)
     except ValueError as e:

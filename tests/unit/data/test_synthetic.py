@@ -152,6 +152,34 @@ def test_scale_and_rotation_spread():
     assert (rotations > 120).sum() >= 3  # but some upside down
 
 
+def _shoulder_order(view_spread):
+    """Share of people whose left shoulder is drawn right of the right shoulder (facing us)."""
+    cfg = synthetic.SyntheticConfig(upright_prob=1.0, view_spread=view_spread)
+    spec = get_spec("coco")
+    left, right = spec.names.index("left_shoulder"), spec.names.index("right_shoulder")
+    facing = [p.points[model.keypoint_index][left, 0] > p.points[model.keypoint_index][right, 0]
+              for plan, _, _, model in _plans("coco", 30, size=64, cfg=cfg)
+              for p in plan.people if p.role == "person"]
+    return np.mean(facing)
+
+
+def test_view_spread_zero_gives_frontal_views():
+    assert _shoulder_order(0.0) == 1.0
+    assert _shoulder_order(1.0) < 0.9  # any view: back views swap the shoulders
+
+
+def test_clutter_changes_background_only():
+    plain = _plans("coco", 4, cfg=synthetic.SyntheticConfig(clutter=0.0))
+    busy = _plans("coco", 4)
+    for (p0, img0, _, _), (p1, img1, _, _) in zip(plain, busy):
+        for a, b in zip(p0.people, p1.people):
+            np.testing.assert_array_equal(a.points, b.points)
+        # a plain background is smoother: fewer strong edges
+        edges = [np.mean(np.abs(np.diff(cv2.cvtColor(im, cv2.COLOR_BGR2GRAY).astype(float),
+                                        axis=1)) > 40) for im in (img0, img1)]
+        assert edges[0] <= edges[1]
+
+
 def test_spread_in_annotations(coco_set):
     data = _load(coco_set)
     spec = get_spec("coco")
@@ -344,6 +372,10 @@ def test_config_validation():
         synthetic.SyntheticConfig(min_people=3, max_people=2)
     with pytest.raises(ValueError, match="crowd_rate"):
         synthetic.SyntheticConfig(crowd_rate=1.5)
+    with pytest.raises(ValueError, match="view_spread"):
+        synthetic.SyntheticConfig(view_spread=-0.1)
+    with pytest.raises(ValueError, match="clutter"):
+        synthetic.SyntheticConfig(clutter=2.0)
     with pytest.raises(ValueError, match="seed"):
         synthetic.generate("/nonexistent", "coco", seed=-1)
 
