@@ -116,9 +116,9 @@ def _decode_image(cfg, codec, size: int):
     """(image [1, S, S, 3] float32, description): the first val image, or a random one."""
     import tensorflow as tf
 
+    from tfpose.checkpoints import CheckpointError
     from tfpose.data.pipeline import build_dataset
     from tfpose.evaluation import EvaluationError
-    from tfpose.training.checkpoint import CheckpointError
 
     if cfg.data.val.annotations or cfg.data.val.tfrecords:
         try:

@@ -35,7 +35,7 @@ def user_errors_as_lines(main):
     @functools.wraps(main)
     def wrapped(argv):
         from tfpose.evaluation import EvaluationError
-        from tfpose.training.checkpoint import CheckpointError
+        from tfpose.checkpoints import CheckpointError
 
         try:
             return main(argv)

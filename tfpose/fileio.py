@@ -17,6 +17,15 @@ def fsync_path(path) -> None:
         os.close(fd)
 
 
+def fsync_tree(directory) -> None:
+    """fsync every file and folder under `directory` (itself included), e.g. a folder written
+    under a temporary name before it is renamed into place."""
+    for root, _, files in os.walk(directory):
+        for name in files:
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
+
+
 def temporary_prefix(path) -> str:
     """Name prefix of the temporary files ``atomic_write(path, ...)`` leaves if it is killed."""
     return f".{os.path.basename(os.fspath(path))}."

@@ -172,14 +172,14 @@ def restore_for_inference(cfg, checkpoint: str):
     Args:
         cfg: Config with a ``method``.
         checkpoint: str, a run directory, a checkpoint store, a ``ckpt-<step>`` directory or a
-            prefix (tfpose.training.checkpoint.resolve_prefix).
+            prefix (tfpose.checkpoints.resolve_prefix).
 
     The codec's learned decoding parts (``codec.load_assets``, e.g. the dekr pose scorer) are
     read from the checkpoint's run directory, or from ``cfg.train.out_dir`` when the checkpoint
     is not inside a run's checkpoints/ or best/ folder.
     """
+    from tfpose.checkpoints import restore_model
     from tfpose.registry import METHODS, build_codec
-    from tfpose.training.checkpoint import restore_model
 
     if not cfg.method:
         raise ConfigError(f"{cfg.source}: running a checkpoint needs a 'method'")

@@ -5,16 +5,20 @@
         [--model-name NAME] [--version N]
 
 The checkpoint is restored as ``evaluate`` and ``predict`` restore it (model weights and the
-codec's learned decoding parts: tfpose.inference.restore_for_inference); every format decodes
-with ``codec.decode``. Written under ``--out`` (default ``<train.out_dir>/export``):
+codec's learned decoding parts: tfpose.inference.restore_for_inference, which reads checkpoints
+through tfpose.checkpoints; no tfpose.training module is imported). Every format decodes with
+``codec.decode`` in one frozen graph (tfpose.export.saved_model.decode_function), traced once for
+the SavedModel and ONNX and once for all TFLite modes. Written under ``--out`` (default
+``<train.out_dir>/export``):
 
 * ``saved_model``: ``DIR/<name>/<version>/`` in the TF Serving layout, signatures
   ``serving_default`` (uint8 image, any size) and ``image_bytes`` (encoded files), poses in the
   image's own pixels (tfpose.export.saved_model). ``--version`` defaults to one more than the
   newest version there; an existing version is never overwritten.
-* ``tflite``: ``DIR/<name>_<quantize>.tflite`` for each ``--quantize`` mode
-  (tfpose.export.tflite); ``int8`` is calibrated on :data:`REPRESENTATIVE_IMAGES` letterboxed
-  images drawn (seeded by ``seed``) from the config's training split.
+* ``tflite``: ``DIR/<name>_<quantize>.tflite`` for each ``--quantize`` mode, all converted from
+  one intermediate SavedModel (tfpose.export.tflite.export_tflite_modes); ``int8`` is
+  calibrated on :data:`REPRESENTATIVE_IMAGES` letterboxed images drawn (seeded by ``seed``) from
+  the config's training split.
 * ``onnx``: ``DIR/<name>.onnx``, letterboxed float input, network outputs and poses in input
   pixels, verified with onnxruntime (tfpose.export.onnx).
 
@@ -108,15 +112,13 @@ def export_restored(cfg, model, codec, out_dir: str, formats=("saved_model",),
             cfg, model, codec, out_dir, name, version, decode=decode)
         echo(f"saved_model: {written['saved_model']}")
     if "tflite" in formats:
-        from tfpose.export.tflite import export_tflite
+        from tfpose.export import tflite
 
         images = representative_images(cfg) if "int8" in quantize else None
-        written["tflite"] = {}
-        for mode in quantize:
-            path = os.path.join(out_dir, f"{name}_{mode}.tflite")
-            written["tflite"][mode] = export_tflite(model, codec, cfg, path, mode,
-                                                    images if mode == "int8" else None)
-            echo(f"tflite ({mode}): {written['tflite'][mode]}")
+        paths = {mode: os.path.join(out_dir, f"{name}_{mode}.tflite") for mode in quantize}
+        written["tflite"] = tflite.export_tflite_modes(model, codec, cfg, paths, images)
+        for mode, path in written["tflite"].items():
+            echo(f"tflite ({mode}): {path}")
     if "onnx" in formats:
         from tfpose.export.onnx import export_onnx
 

@@ -28,7 +28,7 @@ import dataclasses
 import json
 import sys
 
-from tfpose.export.tflite import CONV_OPS, GPU_DELEGATE_OPS, operators
+from tfpose.export.tflite import CONV_OPS, GPU_DELEGATE_OPS, operators, upstream_ops
 
 # The flatbuffer file identifier of .tflite models (bytes 4..8).
 FILE_IDENTIFIER = b"TFL3"
@@ -131,15 +131,11 @@ def check_ops(ops: list) -> GpuCheck:
     execution order (:func:`main_graph`)."""
     producer = {t: i for i, (_, _, outs) in enumerate(ops) for t in outs}
     convs = [i for i, (name, _, _) in enumerate(ops) if name in CONV_OPS]
-    feeds = {}  # network op -> a convolution depending on it
+    feeds = {}  # network op -> the last convolution depending on it
     for conv in reversed(convs):
-        stack = [conv]
-        while stack:
-            i = stack.pop()
-            if i in feeds:
-                continue
-            feeds[i] = conv
-            stack.extend(producer[t] for t in ops[i][1] if t in producer)
+        if conv not in feeds:
+            feeds.update(dict.fromkeys(upstream_ops([conv], lambda i: ops[i][1], producer,
+                                                    lambda j: j not in feeds), conv))
     bad = sorted(i for i in feeds if ops[i][0] not in GPU_DELEGATE_OPS)
     parts = [{"gpu": kind, "ops": len(members), "first": members[0], "last": members[-1],
               "op_types": sorted({ops[i][0] for i in members})}

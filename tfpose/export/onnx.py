@@ -183,7 +183,7 @@ def _tolerance(expected: np.ndarray) -> float:
 
 
 def export_onnx(cfg, model, codec, out_path: str, opset: int = DEFAULT_OPSET,
-                decode=None) -> str:
+                decode=None, work_dir: str | None = None) -> str:
     """Converts the model + decoding to ONNX (module docstring), verified, written atomically.
 
     Args:
@@ -193,6 +193,8 @@ def export_onnx(cfg, model, codec, out_path: str, opset: int = DEFAULT_OPSET,
         out_path: str, the .onnx file.
         opset: int >= 13, the ONNX opset.
         decode: optional ``decode_function(cfg, model, codec)`` already built (saves a trace).
+        work_dir: str, a folder for the SavedModel tf2onnx converts (``<work_dir>/saved_model``,
+            which must not exist, kept); None: a temporary folder, removed.
 
     Returns:
         str, the path written.
@@ -202,7 +204,7 @@ def export_onnx(cfg, model, codec, out_path: str, opset: int = DEFAULT_OPSET,
     size = int(codec.input_size)
     spec = [tf.TensorSpec([None, size, size, 3], tf.float32, name=INPUT_NAME)]
     with tempfile.TemporaryDirectory(prefix="tfpose-onnx-") as tmp:
-        saved = write_archive(os.path.join(tmp, "saved_model"),
+        saved = write_archive(os.path.join(work_dir or tmp, "saved_model"),
                               {"serving_default": (decode, spec)})
         proto = convert(saved, opset)
     meta = export_metadata(cfg, codec, format="onnx", opset=int(opset), input={

@@ -48,7 +48,7 @@ import tensorflow as tf
 from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
 from tfpose.config import ConfigError
-from tfpose.fileio import atomic_write, fsync_path
+from tfpose.fileio import atomic_write, fsync_path, fsync_tree
 
 METADATA_FILE = os.path.join("assets.extra", "tfpose.json")
 METADATA_VERSION = 1  # bumped when a metadata key changes meaning
@@ -94,46 +94,46 @@ def export_metadata(cfg, codec, **extra) -> dict:
     return out
 
 
-def network_function(cfg, model, codec):
-    """(images float32 [B, S, S, 3] 0..255) -> the network outputs ``codec.decode`` takes, with
-    the config's flip test and scales (tfpose.inference.network_outputs)."""
-    from tfpose.inference import network_outputs, scaled_sizes
-
-    flip_test, scales = bool(cfg.eval.flip_test), tuple(float(s) for s in cfg.eval.scales)
-    scaled_sizes(codec.input_size, scales)
-    return lambda images: network_outputs(model, codec, images, flip_test, scales)
-
-
-def decode_function(cfg, model, codec):
+def decode_function(cfg, model, codec, flip_test: bool | None = None, scales=None,
+                    batch_size: int | None = None):
     """The network and ``codec.decode`` traced once and frozen (weights as constants).
 
-    Every exported graph calls it: both signatures here and the ONNX graph. Tracing the network
-    is most of an export's time, and a ``tf.function`` would be traced again in the save context;
-    a frozen graph also saves and loads several times faster than the thousands of variables of
-    an HRNet. Learned decoding parts (e.g. the dekr pose scorer) are frozen in as well.
+    Every exported graph calls it: both signatures here, the ONNX graph and the .tflite
+    (tfpose.export.tflite). Tracing the network is most of an export's time, and a
+    ``tf.function`` would be traced again in the save context; a frozen graph also saves and
+    loads several times faster than the thousands of variables of an HRNet. Learned decoding
+    parts (e.g. the dekr pose scorer) are frozen in as well.
 
     Args:
         cfg: Config.
         model: keras.Model (or any callable ``model(images, training=False) -> dict``), float32
             RGB 0..255 [B, S, S, 3] -> network outputs.
         codec: the config's codec, assets loaded.
+        flip_test: bool, the test-time flip (tfpose.inference.network_outputs); None: the
+            config's ``eval.flip_test``.
+        scales: sequence of float, the test-time scales; None: the config's ``eval.scales``.
+        batch_size: int, a static batch size (TFLite takes [1, S, S, 3]); None: any.
 
     Returns:
         callable (images float32 [B, S, S, 3], letterboxed RGB 0..255) -> dict with the network
         outputs (under their own names) and the decoded poses ``keypoints`` [B, P, K, 3] (input
         pixels), ``scores`` [B, P], ``num_people`` [B].
     """
+    from tfpose.inference import network_outputs, scaled_sizes
+
     size = int(codec.input_size)
-    network = network_function(cfg, model, codec)
+    flip_test = bool(cfg.eval.flip_test if flip_test is None else flip_test)
+    scales = tuple(float(s) for s in (cfg.eval.scales if scales is None else scales))
+    scaled_sizes(size, scales)  # bad scales: ConfigError before tracing
 
     def run(images):
-        raw = network(images)
+        raw = network_outputs(model, codec, images, flip_test, scales)
         clash = sorted(set(raw) & set(OUTPUT_KEYS))
         if clash:
             raise ExportError(f"network outputs {clash} have the names of decoded outputs")
         return {**raw, **codec.decode(raw)}
 
-    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+    spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32, name="images")
     traced = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()
     # lower_control_flow=False keeps functional While ops (the pose-NMS loop) for tf2onnx/TFLite
     frozen = convert_variables_to_constants_v2(traced, lower_control_flow=False)
@@ -251,13 +251,6 @@ def write_archive(path: str, endpoints: dict, resources=()) -> str:
     return path
 
 
-def _fsync_tree(directory: str):
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-        fsync_path(root)
-
-
 def versions(base: str) -> list:
     """Sorted integer versions present under a TF Serving model base path."""
     if not os.path.isdir(base):
@@ -333,7 +326,7 @@ def export_saved_model(cfg, model, codec, out_dir: str, model_name: str, version
             SIGNATURE_BYTES: {"image_bytes": "string [B], encoded JPEG/PNG/BMP/GIF files"}})
         atomic_write(os.path.join(tmp, METADATA_FILE),
                      json.dumps(meta, indent=2).encode("utf-8"))
-        _fsync_tree(tmp)
+        fsync_tree(tmp)
         os.rename(tmp, final)
         fsync_path(base)
     except BaseException:

@@ -1,7 +1,9 @@
 """TFLite conversion, export with metadata, and flatbuffer inspection.
 
-Conversion follows DESIGN.md: a SavedModel written by ``keras.export.ExportArchive`` (frozen
-weights) converted with ``tf.lite.TFLiteConverter.from_saved_model``, builtin ops only.
+Conversion follows DESIGN.md: a SavedModel written by ``keras.export.ExportArchive`` around the
+frozen graph every export shares (tfpose.export.saved_model.decode_function), converted with
+``tf.lite.TFLiteConverter.from_saved_model``, builtin ops only; one SavedModel gives every
+quantisation mode (:func:`export_tflite_modes`).
 
 Exported graph (:func:`export_tflite`; one signature, ``serving_default``)::
 
@@ -60,9 +62,9 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from tensorflow.lite.tools import flatbuffer_utils
 
 from tfpose.config import ConfigError
-from tfpose.export.saved_model import ExportError, export_metadata, write_archive
+from tfpose.export.saved_model import (OUTPUT_KEYS, ExportError, decode_function,
+                                       export_metadata, write_archive)
 from tfpose.fileio import atomic_write
-from tfpose.inference import network_outputs
 from tfpose.layers.normalize import ImageNormalization
 
 # Builtin ops the TFLite GPU delegate accepts in the network part (DESIGN.md section 3).
@@ -79,7 +81,7 @@ CONV_OPS = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV"})
 QUANTIZE_MODES = ("fp32", "fp16", "int8")
 METADATA_NAME = "tfpose"
 INPUT_NAME = "image"
-OUTPUT_NAMES = ("keypoints", "scores", "num_people")
+OUTPUT_NAMES = OUTPUT_KEYS  # the .tflite's outputs 0, 1, 2
 # The network outputs are also SavedModel outputs under this prefix: the int8 quantizer needs them
 # to tell the network from the tail, and ``raw_outputs=True`` keeps them in the .tflite (tests).
 RAW_PREFIX = "raw_"
@@ -97,12 +99,9 @@ def keras_to_tflite(model: keras.Model, input_signature, work_dir: str) -> bytes
         input_signature: list of tf.TensorSpec with static shapes.
         work_dir: str, a directory for the intermediate SavedModel.
     """
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name="serve", fn=lambda *x: model(*x, training=False),
-                         input_signature=list(input_signature))
-    saved_model = os.path.join(work_dir, "saved_model")
-    archive.write_out(saved_model, verbose=False)
+    saved_model = write_archive(
+        os.path.join(work_dir, "saved_model"),
+        {"serve": (lambda *x: model(*x, training=False), list(input_signature))}, [model])
     return tf.lite.TFLiteConverter.from_saved_model(saved_model).convert()
 
 
@@ -140,34 +139,37 @@ def operator_names(content: bytes) -> list:
 # --- export ---------------------------------------------------------------------------------------
 
 
-def serving_function(model, codec):
-    """The exported graph's function: image uint8 [1, S, S, 3] -> the three decoded outputs and
-    the network outputs as ``raw_<name>``."""
+def serving_function(decode):
+    """The exported graph's function around a batch-1 ``decode_function`` (tfpose.export.
+    saved_model): image uint8 [1, S, S, 3] -> the three decoded outputs and the network outputs
+    as ``raw_<name>``."""
 
     def serve(image):
-        outputs = network_outputs(model, codec, tf.cast(image, tf.float32))
-        poses = codec.decode(outputs)
-        result = {name: poses[name] for name in OUTPUT_NAMES}
-        result.update({RAW_PREFIX + name: value for name, value in outputs.items()})
+        outputs = decode(tf.cast(image, tf.float32))
+        result = {name: outputs[name] for name in OUTPUT_NAMES}
+        result.update({RAW_PREFIX + name: value for name, value in outputs.items()
+                       if name not in OUTPUT_NAMES})
         return result
 
     return serve
 
 
-def write_serving_saved_model(model, codec, directory: str) -> str:
-    """Writes the SavedModel a .tflite is converted from (module docstring; raw outputs included).
+def write_serving_saved_model(cfg, model, codec, directory: str) -> str:
+    """Writes the SavedModel a .tflite is converted from (module docstring; raw outputs included):
+    :func:`tfpose.export.saved_model.decode_function` with one forward pass and batch 1, weights
+    frozen. One folder serves every quantisation mode (:func:`convert_saved_model`).
 
     Args:
+        cfg: Config.
         model: keras.Model, float32 RGB 0..255 [B, S, S, 3] -> dict of network outputs.
         codec: the model's codec; its learned decoding parts (Keras layers such as the dekr pose
             scorer) are frozen in too.
         directory: str, the SavedModel folder (must not exist).
     """
     size = int(codec.input_size)
+    decode = decode_function(cfg, model, codec, flip_test=False, scales=(1.0,), batch_size=1)
     spec = tf.TensorSpec([1, size, size, 3], tf.uint8, name=INPUT_NAME)
-    learned = [v for v in vars(codec).values() if isinstance(v, keras.layers.Layer)]
-    return write_archive(directory, {"serve": (serving_function(model, codec), [spec])},
-                         [model] + learned)
+    return write_archive(directory, {"serve": (serving_function(decode), [spec])})
 
 
 def convert_saved_model(saved_model_dir: str, quantize: str = "fp32", representative_images=None,
@@ -207,14 +209,27 @@ def convert_saved_model(saved_model_dir: str, quantize: str = "fp32", representa
 def export_tflite(model, codec, cfg, out_path: str, quantize: str = "fp32",
                   representative_images=None, raw_outputs: bool = False,
                   work_dir: str | None = None) -> str:
-    """Writes a deployable .tflite: graph, quantisation and metadata of the module docstring.
+    """Writes one deployable .tflite (:func:`export_tflite_modes` with one mode).
+
+    Returns:
+        str, out_path.
+    """
+    return export_tflite_modes(model, codec, cfg, {quantize: out_path}, representative_images,
+                               raw_outputs, work_dir)[quantize]
+
+
+def export_tflite_modes(model, codec, cfg, paths: dict, representative_images=None,
+                        raw_outputs: bool = False, work_dir: str | None = None) -> dict:
+    """Writes deployable .tflite files, one per quantisation mode, from one intermediate
+    SavedModel (:func:`write_serving_saved_model`: the network is traced once): graph,
+    quantisation and metadata of the module docstring.
 
     Args:
         model: keras.Model, float32 RGB 0..255 [B, S, S, 3] -> dict of network outputs.
         codec: the config's codec with ``decode`` (assets loaded).
         cfg: tfpose Config (method, keypoint spec, ``data.input_size`` = the codec's S).
-        out_path: str, the .tflite file, written atomically (tfpose.fileio).
-        quantize: str, "fp32", "fp16" or "int8".
+        paths: dict quantisation mode ("fp32", "fp16" or "int8") -> the .tflite file, each
+            written atomically (tfpose.fileio).
         representative_images: iterable of uint8 [S, S, 3] numpy arrays, letterboxed inputs
             like the deployed ones (a few hundred), required for int8.
         raw_outputs: bool, also output the network outputs (parity tests).
@@ -223,22 +238,33 @@ def export_tflite(model, codec, cfg, out_path: str, quantize: str = "fp32",
             folder, removed.
 
     Returns:
-        str, out_path.
+        dict mode -> path written, in the order of `paths`.
+
+    Raises:
+        ConfigError: an unknown mode or an input size other than the codec's.
+        ExportError: see :func:`convert_saved_model`; checked before anything is traced.
     """
     if int(cfg.data.input_size) != int(codec.input_size):
         raise ConfigError(f"data.input_size = {cfg.data.input_size} differs from the codec's "
                           f"input size {codec.input_size}")
-    if quantize not in QUANTIZE_MODES:
-        raise ConfigError(f"quantize = {quantize!r} is not one of {list(QUANTIZE_MODES)}")
+    if not paths:
+        raise ConfigError(f"no quantisation mode given; choose from {list(QUANTIZE_MODES)}")
+    for quantize in paths:
+        if quantize not in QUANTIZE_MODES:
+            raise ConfigError(f"quantize = {quantize!r} is not one of {list(QUANTIZE_MODES)}")
     images = None
-    if quantize == "int8":
+    if "int8" in paths:
         images = _representative_images(representative_images, int(codec.input_size))
-    metadata = tflite_metadata(model, codec, cfg, quantize)
+    written = {}
     with tempfile.TemporaryDirectory(prefix="tfpose_tflite_") as tmp:
-        saved = write_serving_saved_model(model, codec,
+        saved = write_serving_saved_model(cfg, model, codec,
                                           os.path.join(work_dir or tmp, "saved_model"))
-        content = convert_saved_model(saved, quantize, images, metadata, raw_outputs)
-    return atomic_write(out_path, content)
+        for quantize, path in paths.items():
+            content = convert_saved_model(saved, quantize, images,
+                                          tflite_metadata(model, codec, cfg, quantize),
+                                          raw_outputs)
+            written[quantize] = atomic_write(path, content)
+    return written
 
 
 def tflite_metadata(model, codec, cfg, quantize: str) -> dict:
@@ -337,16 +363,35 @@ def _signature_outputs(model_t) -> dict:
     return {_name(t.name): t for t in model_t.signatureDefs[0].outputs}
 
 
-def _network_ops(graph, raw_tensors) -> set:
-    """Indices of the ops the raw network outputs depend on: the network, not the tail."""
-    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
-    seen, stack = set(), [producer[t] for t in raw_tensors if t in producer]
+def upstream_ops(starts, inputs_of, producer: dict, enter=None) -> set:
+    """The ops `starts` depend on along data flow, `starts` included.
+
+    Args:
+        starts: iterable of op indices.
+        inputs_of: callable op index -> its input tensor indices.
+        producer: dict tensor index -> index of the op writing it (graph inputs and constants
+            have none).
+        enter: optional callable op index -> bool; ops it refuses are neither included nor
+            walked through.
+
+    Returns:
+        set of op indices.
+    """
+    seen, stack = set(), list(starts)
     while stack:
         i = stack.pop()
         if i not in seen:
             seen.add(i)
-            stack.extend(producer[t] for t in graph.operators[i].inputs if t in producer)
+            stack.extend(j for j in (producer.get(t) for t in inputs_of(i))
+                         if j is not None and (enter is None or enter(j)))
     return seen
+
+
+def _network_ops(graph, raw_tensors) -> set:
+    """Indices of the ops the raw network outputs depend on: the network, not the tail."""
+    producer = {t: i for i, op in enumerate(graph.operators) for t in op.outputs}
+    return upstream_ops([producer[t] for t in raw_tensors if t in producer],
+                        lambda i: graph.operators[i].inputs, producer)
 
 
 def _sampling_ops(model_t, graph, network: set) -> set:
@@ -363,13 +408,8 @@ def _sampling_ops(model_t, graph, network: set) -> set:
     ops = graph.operators
     kind = {i: codes[ops[i].opcodeIndex] for i in network}
     producer = {t: i for i in network for t in ops[i].outputs}
-    region, stack = set(), [i for i in network if kind[i] == "FLOOR"]
-    while stack:
-        i = stack.pop()
-        if i not in region:
-            region.add(i)
-            stack.extend(producer[t] for t in ops[i].inputs
-                         if t in producer and kind[producer[t]] not in CONV_OPS)
+    region = upstream_ops([i for i in network if kind[i] == "FLOOR"], lambda i: ops[i].inputs,
+                          producer, lambda j: kind[j] not in CONV_OPS)
     changed = True
     while changed:
         changed = False

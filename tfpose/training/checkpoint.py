@@ -27,8 +27,9 @@ all workers in multi-worker training.
 
 A checkpoint holds ``model``, ``optimizer`` (with its ``iterations``: the LR-schedule position),
 ``state`` (:class:`TrainState`: step, epoch, data position, best metric) and ``rng`` (the model's
-keras SeedGenerator states). :func:`restore_model` loads only the model, for evaluation and
-prediction.
+keras SeedGenerator states). Reading (the pointer, :func:`resolve_prefix`, :func:`restore`,
+:func:`restore_model`, which loads only the model) lives in tfpose.checkpoints, which evaluation,
+prediction and export use without importing the training engine.
 """
 
 from __future__ import annotations
@@ -43,20 +44,21 @@ import uuid
 
 import tensorflow as tf
 
+# reading checkpoints (one implementation, outside the training engine), re-exported here
+from tfpose.checkpoints import (POINTER, PREFIX, CheckpointError, latest_prefix, read_pointer,
+                                resolve_prefix, restore, restore_model)
 from tfpose.fileio import atomic_write, fsync_path, temporary_prefix
+from tfpose.fileio import fsync_tree as _fsync_tree  # module-level: the crash tests patch it
 
-POINTER = "latest.json"
-PREFIX = "ckpt"  # file prefix inside a checkpoint directory
+__all__ = ["POINTER", "PREFIX", "CheckpointError", "CheckpointStore", "TrainState",
+           "resolve_prefix", "restore", "restore_model"]
+
 _NAME = re.compile(r"^ckpt-(\d+)(?:\.(\d+))?$")  # ckpt-<step>[.<re-save>]
 
 
 def _order(name: str) -> tuple:
     match = _NAME.match(name)
     return (int(match.group(1)), int(match.group(2) or 0)) if match else (-1, -1)
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be found or does not match the model; names the path."""
 
 
 class TrainState(tf.Module):
@@ -86,13 +88,6 @@ class TrainState(tf.Module):
                 "best_metric": float(self.best_metric.numpy())}
 
 
-def _fsync_tree(directory: str):
-    for root, _, files in os.walk(directory):
-        for name in files:
-            fsync_path(os.path.join(root, name))
-        fsync_path(root)
-
-
 def _remove_dir(path: str):
     """Removes a directory so that no half-deleted ``ckpt-*`` is ever visible."""
     trash = os.path.join(os.path.dirname(path), f".trash-{uuid.uuid4().hex[:8]}")
@@ -117,25 +112,11 @@ class CheckpointStore:
     # -- reading -------------------------------------------------------------------------------
     def latest(self) -> dict | None:
         """The pointer's content (``checkpoint`` name, ``step``, ...) or None without one."""
-        path = os.path.join(self.directory, POINTER)
-        try:
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path}: unreadable checkpoint pointer ({e})") from None
+        return read_pointer(self.directory)
 
     def latest_prefix(self) -> str | None:
         """The ``tf.train.Checkpoint`` prefix of the latest checkpoint, or None."""
-        info = self.latest()
-        if info is None:
-            return None
-        prefix = os.path.join(self.directory, info["checkpoint"], PREFIX)
-        if not tf.io.gfile.exists(prefix + ".index"):
-            raise CheckpointError(f"{os.path.join(self.directory, POINTER)} names "
-                                  f"{info['checkpoint']}, which is missing")
-        return prefix
+        return latest_prefix(self.directory)
 
     def checkpoints(self) -> list[str]:
         """Names of the complete ``ckpt-*`` directories, oldest first."""
@@ -195,45 +176,3 @@ class CheckpointStore:
         for name in self.checkpoints()[:-self.keep]:
             if name != current:
                 _remove_dir(os.path.join(self.directory, name))
-
-
-def resolve_prefix(path: str) -> str:
-    """The checkpoint prefix for a user-given path.
-
-    Accepts a run's ``out_dir`` (its latest checkpoint), a store directory (``checkpoints`` or
-    ``best``), a ``ckpt-<step>`` directory or a prefix; raises CheckpointError otherwise.
-    """
-    for store_dir in (os.path.join(path, "checkpoints"), path):
-        if os.path.isfile(os.path.join(store_dir, POINTER)):
-            return CheckpointStore(store_dir, 1).latest_prefix()
-    for prefix in (os.path.join(path, PREFIX), path):
-        if tf.io.gfile.exists(prefix + ".index"):
-            return prefix
-    raise CheckpointError(f"no checkpoint at {path} (expected a run directory, a checkpoint "
-                          f"directory with {POINTER}, or a ckpt-<step> directory)")
-
-
-def restore(checkpoint: tf.train.Checkpoint, prefix: str, partial: bool = False):
-    """Reads ``prefix`` into ``checkpoint``; every object must find its values.
-
-    Args:
-        checkpoint: tf.train.Checkpoint whose objects (model, optimizer...) are already built.
-        prefix: str, from :func:`resolve_prefix` or :meth:`CheckpointStore.latest_prefix`.
-        partial: bool, allow the file to hold more objects than ``checkpoint`` (model only).
-    """
-    try:
-        status = checkpoint.read(prefix)
-        status.assert_existing_objects_matched()
-        if partial:
-            status.expect_partial()
-    except (AssertionError, ValueError, tf.errors.OpError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{prefix}: does not match this model/optimizer ({first})") from None
-    return status
-
-
-def restore_model(model, path: str) -> str:
-    """Loads the model weights of a training checkpoint; returns the prefix read."""
-    prefix = resolve_prefix(path)
-    restore(tf.train.Checkpoint(model=model), prefix, partial=True)
-    return prefix

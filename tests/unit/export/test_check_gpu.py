@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from export_cases import QUICKSTART, REPO, run_tflite
+
 from tfpose.benchmark import benchmark_tflite
 from tfpose.codecs.base import Codec
 from tfpose.config import load_config
@@ -22,10 +24,8 @@ from tfpose.export import tflite
 from tfpose.export.check_gpu import check_gpu, check_ops, partitions, report
 from tfpose.layers.normalize import ImageNormalization
 
-interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
+pytest.importorskip("ai_edge_litert.interpreter")
 
-REPO = Path(__file__).resolve().parents[3]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
 SIZE = 32
 
 
@@ -137,16 +137,12 @@ def test_deployed_export_passes_with_three_outputs(tmp_path, capsys):
     path = tflite.export_tflite(model, codec, cfg, str(tmp_path / "topk.tflite"),
                                 work_dir=str(tmp_path))
     content = Path(path).read_bytes()
-    interpreter = interpreter_module.Interpreter(model_content=content)
-    assert [d["name"] for d in interpreter.get_output_details()] == list(tflite.OUTPUT_NAMES)
     # decoding matches the codec on the Keras outputs
-    image = np.random.default_rng(0).integers(0, 256, (1, SIZE, SIZE, 3)).astype(np.uint8)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image)
-    interpreter.invoke()
-    expected = codec.decode(model(tf.cast(image, tf.float32)))
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    np.testing.assert_allclose(got, expected["keypoints"].numpy(), atol=1e-4)
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3)).astype(np.uint8)
+    out = run_tflite(content, image)
+    assert list(out) == list(tflite.OUTPUT_NAMES)
+    expected = codec.decode(model(tf.cast(image[None], tf.float32)))
+    np.testing.assert_allclose(out["keypoints"][0], expected["keypoints"].numpy(), atol=1e-4)
     result = check_gpu(content)
     assert result.passed
     assert [p["gpu"] for p in result.partitions[:2]] == [True, False]
@@ -185,10 +181,9 @@ def test_quickstart_network_passes_in_fp32_and_fp16(tmp_path):
     keras.utils.set_random_seed(0)
     model = METHODS["dekr"].build_model(cfg)
     codec = build_codec(cfg)
-    path = tflite.export_tflite(model, codec, cfg, str(tmp_path / "fp32.tflite"),
-                                work_dir=str(tmp_path))
-    fp16 = tflite.convert_saved_model(str(tmp_path / "saved_model"), "fp16")
-    for content in (Path(path).read_bytes(), fp16):
-        result = check_gpu(content)
+    paths = tflite.export_tflite_modes(model, codec, cfg, {
+        mode: str(tmp_path / f"{mode}.tflite") for mode in ("fp32", "fp16")})
+    for path in paths.values():
+        result = check_gpu(Path(path).read_bytes())
         assert result.passed, result.summary()
         assert result.partitions[0]["gpu"] and result.partitions[0]["last"] >= result.last_conv

@@ -1,8 +1,9 @@
 """tfpose.export.onnx: tf2onnx conversion of the network + codec.decode, checked with onnxruntime.
 
-The model is test_saved_model's tiny dekr (configs/quickstart.yaml's heads on a two-conv stem,
-64 px, seeded random weights with scaled final convolutions), exported once per module. Inputs
-are the real coco_mini images letterboxed as ``predict`` does.
+The model is export_cases' tiny dekr (configs/quickstart.yaml's heads on a two-conv stem, 64 px,
+seeded random weights with scaled final convolutions), exported once per module; the SavedModel
+tf2onnx converted is kept and compared too. Inputs are the real coco_mini images letterboxed as
+``predict`` does.
 """
 
 import types
@@ -10,11 +11,12 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_saved_model import SIZE, tiny_config, tiny_dekr
+from export_cases import SIZE, tiny_config, tiny_dekr
 
 from tfpose.config import ConfigError
 from tfpose.export import onnx as onnx_export
 from tfpose.export.saved_model import ExportError, decode_function, write_archive
+from tfpose.inference import outputs_function
 from tfpose.predict import letterbox, read_image
 from tfpose.registry import build_codec
 
@@ -29,22 +31,22 @@ POSE_OUTPUTS = ("keypoints", "scores", "num_people")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, data_dir):
     work = tmp_path_factory.mktemp("onnx")
-    cfg = tiny_config(work / "run")
+    cfg = tiny_config(run_dir=work / "run")
     model = tiny_dekr(cfg)
     codec = build_codec(cfg)
     decode = decode_function(cfg, model, codec)
-    path = onnx_export.export_onnx(cfg, model, codec, str(work / "tiny.onnx"), decode=decode)
-    spec = [tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32, name="images")]
-    saved = write_archive(str(work / "saved_model"), {"serving_default": (decode, spec)})
+    path = onnx_export.export_onnx(cfg, model, codec, str(work / "tiny.onnx"), decode=decode,
+                                   work_dir=str(work))
     images = np.stack([letterbox(read_image(str(p)), SIZE)[0]
                        for p in sorted((data_dir / "coco_mini").glob("*.jpg"))])
-    keras_out = {k: v.numpy() for k, v in model(images, training=False).items()}
-    poses = {k: v.numpy() for k, v in codec.decode(model(images, training=False)).items()}
+    outputs = outputs_function(cfg, model, codec)(images)  # with the config's flip / scales
+    keras_out = {k: v.numpy() for k, v in outputs.items()}
+    poses = {k: v.numpy() for k, v in codec.decode(outputs).items()}
     content = open(path, "rb").read()
     return types.SimpleNamespace(
         cfg=cfg, codec=codec, decode=decode, path=path, content=content, images=images,
         keras=keras_out, poses=poses, onnx=onnx_export.run_onnx(content, {"images": images}),
-        saved=tf.saved_model.load(saved).signatures["serving_default"])
+        saved=tf.saved_model.load(str(work / "saved_model")).signatures["serving_default"])
 
 
 def test_graph_inputs_outputs_opset_and_metadata(exported):
@@ -63,8 +65,8 @@ def test_graph_inputs_outputs_opset_and_metadata(exported):
 
 
 def test_network_outputs_keras_saved_model_onnx(exported):
-    """The raw network outputs of Keras, of the SavedModel tf2onnx reads and of onnxruntime agree
-    within 1e-4 on four real images in one batch."""
+    """The network outputs of Keras (with the config's flip test and scales), of the SavedModel
+    tf2onnx reads and of onnxruntime agree within 1e-4 on four real images in one batch."""
     saved = {k: v.numpy() for k, v in exported.saved(images=tf.constant(exported.images)).items()}
     for name in NETWORK_OUTPUTS:
         reference = exported.keras[name]

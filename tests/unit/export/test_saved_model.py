@@ -2,12 +2,10 @@
 
 Two exports per module:
 
-* a tiny dekr restored from a checkpoint by the export CLI's ``export_model``: configs/
-  quickstart.yaml's dekr heads (adaptive convolutions, its widths and codec) at a 64 px input on
-  a two-conv stride-4 stem instead of HRNet (tracing and freezing a whole HRNet takes minutes on
-  2 cores; the ``large`` test exports the real Quickstart network), seeded random weights with
-  the final convolutions scaled up so that images decode to several people. It is compared with
-  the Keras model + the eval letterbox + codec.decode, as ``predict`` runs it.
+* export_cases' tiny dekr, checkpointed, then restored and exported (SavedModel and fp32 TFLite)
+  by the export CLI's ``export_model`` in a fresh interpreter (fresh_export.py), which also
+  reports that no tfpose.training module was imported. It is compared with the Keras model + the
+  eval letterbox + codec.decode, as ``predict`` runs it.
 * a stand-in network whose outputs are the codec's oracle maps of one person at known input
   pixels for any image that is not black (zeros for a black one), which gives exact expected
   coordinates in the original image for every size and the zero-people case.
@@ -27,50 +25,18 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from export_cases import (QUICKSTART, REPO, SIZE, run_tflite, scale_final_convs, tiny_config,
+                          tiny_dekr, value)
 
 from tfpose.config import ConfigError, load_config
 from tfpose.evaluate import to_original_pixels
 from tfpose.export import saved_model
 from tfpose.export.saved_model import ExportError
-from tfpose.layers.normalize import ImageNormalization
-from tfpose.models.backbones.hrnet import conv_bn
-from tfpose.models.dekr import keypoint_heatmap_head, keypoint_regression_head
+from tfpose.inference import network_outputs, outputs_function, predictor
 from tfpose.predict import letterbox, read_image
 from tfpose.registry import METHODS, build_codec
 
-REPO = Path(__file__).resolve().parents[3]
-QUICKSTART = REPO / "configs" / "quickstart.yaml"
-SIZE = 64
-# Final 1x1 convolutions start at N(0, 0.001): flat maps, nobody above the codec's thresholds.
-# Scaled by these factors the maps of a random network reach about +-1 and the offsets a few map
-# pixels, so every real image decodes to several people.
-MAP_SCALE, OFFSET_SCALE = 60.0, 300.0
-
-
-def tiny_dekr(cfg, seed=0) -> keras.Model:
-    """configs/quickstart.yaml's dekr heads on a two-conv stride-4 stem (module docstring)."""
-    m, k = cfg.model, cfg.spec.num_keypoints
-    keras.utils.set_random_seed(seed)
-    images = keras.Input((None, None, 3))
-    x = ImageNormalization(name="normalize")(images)
-    x = conv_bn(x, m.width, 3, strides=2, name="stem1")
-    x = conv_bn(x, m.width, 3, strides=2, name="stem2")
-    heat = keypoint_heatmap_head(x, k, m.heatmap_width, m.heatmap_dilations)
-    center, offsets = keypoint_regression_head(x, heat, k, m.regression_channels,
-                                               m.offset_branch_channels)
-    model = keras.Model(images, {"heatmaps": heat, "center": center, "offsets": offsets})
-    scale_final_convs(model, cfg)
-    return model
-
-
-def scale_final_convs(model, cfg):
-    """Final convolutions of the dekr heads times MAP_SCALE / OFFSET_SCALE."""
-    scales = {f"heatmap_branch{i}_final": MAP_SCALE
-              for i in range(len(cfg.model.heatmap_dilations))}
-    scales.update(regression_center=MAP_SCALE, regression_offsets=OFFSET_SCALE)
-    for name, factor in scales.items():
-        kernel, bias = model.get_layer(name).get_weights()
-        model.get_layer(name).set_weights([kernel * factor, bias])
+FRESH_EXPORT = Path(__file__).with_name("fresh_export.py")
 
 
 def calibrate_batch_norm(model, images):
@@ -85,17 +51,12 @@ def calibrate_batch_norm(model, images):
         layer.momentum = momentum
 
 
-def tiny_config(run_dir, *overrides):
-    """configs/quickstart.yaml at SIZE, with its run directory (codec assets) in `run_dir`."""
-    return load_config(str(QUICKSTART), [f"data.input_size={SIZE}",
-                                         f"train.out_dir={run_dir}", *overrides])
-
-
-def reference_poses(cfg, model, codec, image: np.ndarray) -> dict:
-    """What ``predict`` computes for a uint8 [H, W, 3] image: eval letterbox, the Keras model,
-    codec.decode, keypoints mapped to the image's pixels, then clipped to it (as exported)."""
-    warped, transform = letterbox(image, cfg.data.input_size)
-    poses = {k: v.numpy()[0] for k, v in codec.decode(model(warped[None], training=False)).items()}
+def reference_poses(predict, image: np.ndarray, input_size: int) -> dict:
+    """What ``predict`` computes for a uint8 [H, W, 3] image: eval letterbox, the Keras model
+    with the config's flip test and scales + codec.decode (`predict`: tfpose.inference.predictor),
+    keypoints mapped to the image's pixels, then clipped to it (as exported)."""
+    warped, transform = letterbox(image, input_size)
+    poses = {k: v.numpy()[0] for k, v in predict(tf.constant(warped[None])).items()}
     n = int(poses["num_people"])
     kpts = to_original_pixels(poses["keypoints"][:n], transform)
     h, w = image.shape[:2]
@@ -160,22 +121,25 @@ def load_rest_client():
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The tiny dekr, checkpointed, restored and exported by the CLI's export_model."""
-    from tfpose.export.__main__ import export_model
-
+    """The tiny dekr, checkpointed, restored and exported by the CLI's export_model in a fresh
+    interpreter (fresh_export.py)."""
     work = tmp_path_factory.mktemp("saved_model")
-    cfg = tiny_config(work / "run")
+    cfg = tiny_config(run_dir=work / "run")
     model = tiny_dekr(cfg)
     prefix = tf.train.Checkpoint(model=model).write(str(work / "ckpt" / "ckpt"))
-    lines = []
-    with pytest.MonkeyPatch.context() as mp:
-        # the checkpoint holds the tiny network: build that one (other seed) and restore into it
-        mp.setattr(METHODS["dekr"], "build_model", lambda c: tiny_dekr(c, seed=1))
-        written = export_model(cfg, prefix, str(work / "out"), ["saved_model"],
-                               model_name="tiny", echo=lines.append)
-    path = written["saved_model"]
-    return types.SimpleNamespace(cfg=cfg, model=model, codec=build_codec(cfg), path=path,
-                                 out=work / "out", lines=lines, loaded=tf.saved_model.load(path))
+    # the script's folder is on its path (export_cases); tfpose is found from the repository
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, str(FRESH_EXPORT), str(work / "run"), prefix,
+                           str(work / "out"), "tiny", "saved_model,tflite"],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    path = report["written"]["saved_model"]
+    codec = build_codec(cfg)
+    return types.SimpleNamespace(cfg=cfg, model=model, codec=codec, path=path, out=work / "out",
+                                 report=report, loaded=tf.saved_model.load(path),
+                                 predict=predictor(cfg, model, codec))
 
 
 class OnePerson:
@@ -196,7 +160,7 @@ class OnePerson:
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory):
     work = tmp_path_factory.mktemp("standin")
-    cfg = tiny_config(work / "run")
+    cfg = tiny_config(run_dir=work / "run")  # one forward pass: the stand-in ignores flips
     codec = build_codec(cfg)
     k = cfg.spec.num_keypoints
     # a person within the input (x 14..50, y 6..58); keypoint 0 at y = 6: in the letterbox
@@ -221,8 +185,11 @@ def expected_original(gt, size, w, h):
 
 
 def test_tf_serving_layout_and_metadata(exported):
+    tflite_path = str(exported.out / "tiny_fp32.tflite")
     assert exported.path == str(exported.out / "tiny" / "1")
-    assert exported.lines == [f"saved_model: {exported.path}"]
+    assert exported.report["written"]["tflite"] == {"fp32": tflite_path}
+    assert exported.report["lines"] == [f"saved_model: {exported.path}",
+                                        f"tflite (fp32): {tflite_path}"]
     assert os.listdir(exported.out / "tiny") == ["1"]  # no temporary folder left
     assert os.path.isfile(os.path.join(exported.path, "saved_model.pb"))
     meta = saved_model.read_metadata(exported.path)
@@ -233,6 +200,53 @@ def test_tf_serving_layout_and_metadata(exported):
     assert (meta["input_size"], meta["max_people"], meta["method"]) == (
         SIZE, exported.codec.max_people, "dekr")
     assert sorted(meta["signatures"]) == ["image_bytes", "serving_default"]
+
+
+def test_export_imports_no_training_code(exported):
+    """DESIGN.md section 2: restoring the checkpoint and exporting (the whole export package
+    imported) leave no tfpose.training module in the fresh interpreter's sys.modules."""
+    assert exported.report["training_modules"] == []
+
+
+def test_cli_tflite_holds_the_restored_network(exported, data_dir):
+    """The CLI's fp32 .tflite (one forward pass) of the restored weights against Keras +
+    codec.decode on a letterboxed photo."""
+    from tfpose.export import tflite
+
+    content = Path(exported.report["written"]["tflite"]["fp32"]).read_bytes()
+    assert tflite.read_metadata(content)["quantization"] == "fp32"
+    image = letterbox(read_image(str(data_dir / "coco_mini" / "000000040083.jpg")), SIZE)[0]
+    image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    out = run_tflite(content, image)
+    want = {k: v.numpy()[0] for k, v in exported.codec.decode(
+        exported.model(image[None].astype(np.float32), training=False)).items()}
+    n = int(want["num_people"])
+    assert int(value(out["num_people"])[0]) == n >= 1
+    np.testing.assert_allclose(value(out["keypoints"])[0, :n, :, :2], want["keypoints"][:n, :, :2],
+                               atol=0.5)
+    np.testing.assert_allclose(value(out["scores"])[0], want["scores"], atol=1e-4)
+
+
+def test_decode_function_runs_the_configs_test_time_passes(exported, data_dir):
+    """decode_function (every format's graph) with the config's eval.flip_test and eval.scales:
+    the network outputs of ``predict``'s computation (tfpose.inference.network_outputs, run
+    eagerly); with them overridden and batch 1 (the .tflite's graph): one plain forward pass."""
+    cfg = tiny_config("eval.flip_test=true", "eval.scales=[1.0,0.5]")
+    model, codec = exported.model, exported.codec
+    images = tf.constant(np.stack([letterbox(read_image(str(p)), SIZE)[0] for p in
+                                   sorted((data_dir / "coco_mini").glob("*.jpg"))[:2]]))
+    frozen = saved_model.decode_function(cfg, model, codec)(images)
+    want = network_outputs(model, codec, images, flip_test=True, scales=(1.0, 0.5))
+    plain = model(images, training=False)
+    for name in want:
+        np.testing.assert_allclose(frozen[name], want[name], atol=1e-4, err_msg=name)
+        assert np.abs(want[name] - plain[name]).max() > 1e-2  # the passes changed the maps
+    assert set(frozen) == set(want) | set(saved_model.OUTPUT_KEYS)
+    single = saved_model.decode_function(cfg, model, codec, flip_test=False, scales=[1.0],
+                                         batch_size=1)
+    got = single(images[1:])
+    for name in want:
+        np.testing.assert_allclose(got[name], plain[name][1:], atol=1e-4, err_msg=name)
 
 
 def test_saved_model_cli_lists_both_signatures(exported):
@@ -255,7 +269,7 @@ def test_serving_default_matches_keras_and_decode(exported, data_dir):
     people = 0
     for path in sorted((data_dir / "coco_mini").glob("*.jpg")):
         image = read_image(str(path))
-        want = reference_poses(exported.cfg, exported.model, exported.codec, image)
+        want = reference_poses(exported.predict, image, SIZE)
         got = as_numpy(serve(image=tf.constant(image[None])))
         n = want["num_people"]
         assert int(got["num_people"][0]) == n
@@ -355,17 +369,17 @@ def test_cli_checks_formats_before_building_anything(exported):
                      model_name="tiny", version=1)
 
 
-def test_cli_writes_one_tflite_per_mode_calibrating_int8_only(exported, monkeypatch):
-    """The CLI's TFLite glue: ``<name>_<mode>.tflite`` per --quantize mode through
-    tfpose.export.tflite.export_tflite, representative images for int8 only (that function's
-    own tests convert real models)."""
+def test_cli_writes_all_tflite_modes_in_one_call_calibrating_int8(exported, monkeypatch):
+    """The CLI's TFLite glue: ``<name>_<mode>.tflite`` per --quantize mode, all from one call of
+    tfpose.export.tflite.export_tflite_modes (one intermediate SavedModel), with representative
+    images drawn once and only for int8 (that function's own tests convert real models)."""
     import tfpose.export.__main__ as cli_main
     from tfpose.export import tflite
 
     calls, drawn = [], []
-    monkeypatch.setattr(tflite, "export_tflite",
-                        lambda model, codec, cfg, path, mode, images: calls.append(
-                            (model, codec, cfg, path, mode, images)) or path)
+    monkeypatch.setattr(tflite, "export_tflite_modes",
+                        lambda model, codec, cfg, paths, images: calls.append(
+                            (model, codec, cfg, paths, images)) or dict(paths))
     monkeypatch.setattr(cli_main, "representative_images", lambda cfg: drawn.append(cfg) or
                         ["calibration images"])
     lines = []
@@ -374,11 +388,14 @@ def test_cli_writes_one_tflite_per_mode_calibrating_int8_only(exported, monkeypa
                                        echo=lines.append)
     paths = {mode: str(exported.out / f"tiny_{mode}.tflite") for mode in ("fp16", "int8")}
     assert written == {"tflite": paths}
-    assert calls == [(exported.model, exported.codec, exported.cfg, paths["fp16"], "fp16", None),
-                     (exported.model, exported.codec, exported.cfg, paths["int8"], "int8",
+    assert calls == [(exported.model, exported.codec, exported.cfg, paths,
                       ["calibration images"])]
     assert drawn == [exported.cfg]
     assert lines == [f"tflite (fp16): {paths['fp16']}", f"tflite (int8): {paths['int8']}"]
+    calls.clear()
+    cli_main.export_restored(exported.cfg, exported.model, exported.codec, str(exported.out),
+                             ["tflite"], ["fp32"], "tiny", echo=lines.append)
+    assert calls[0][-1] is None and drawn == [exported.cfg]  # no calibration without int8
 
 
 def test_representative_images_are_letterboxed_training_images(tmp_path, data_dir):
@@ -387,8 +404,8 @@ def test_representative_images_are_letterboxed_training_images(tmp_path, data_di
     from tfpose.export.__main__ import representative_images
 
     coco = data_dir / "coco_mini"
-    cfg = tiny_config(tmp_path, f"data.train.annotations={coco / 'test_coco.json'}",
-                      f"data.train.images={coco}")
+    cfg = tiny_config(f"data.train.annotations={coco / 'test_coco.json'}",
+                      f"data.train.images={coco}", run_dir=tmp_path)
     images = representative_images(cfg, count=3)
     assert len(images) == 3
     again = representative_images(cfg, count=3)
@@ -451,7 +468,9 @@ def test_quickstart_network_cli_export_saved_model_and_onnx(tmp_path, data_dir):
     codec.decode of those outputs."""
     from tfpose.export.onnx import run_onnx
 
-    cfg = load_config(str(QUICKSTART), [f"train.out_dir={tmp_path / 'run'}"])
+    # one forward pass (as tiny_config): flipped passes flatten the random network's peaks
+    overrides = [f"train.out_dir={tmp_path / 'run'}", "eval.flip_test=false"]
+    cfg = load_config(str(QUICKSTART), overrides)
     keras.utils.set_random_seed(0)
     model = METHODS["dekr"].build_model(cfg)
     photos = [read_image(str(p)) for p in sorted((data_dir / "coco_mini").glob("*.jpg"))]
@@ -461,7 +480,7 @@ def test_quickstart_network_cli_export_saved_model_and_onnx(tmp_path, data_dir):
     result = subprocess.run(
         [sys.executable, "-m", "tfpose.export", "--config", str(QUICKSTART), "--checkpoint",
          prefix, "--out", str(tmp_path / "out"), "--formats", "saved_model,onnx",
-         "--model-name", "qs", "--set", f"train.out_dir={tmp_path / 'run'}"],
+         "--model-name", "qs", *(arg for o in overrides for arg in ("--set", o))],
         capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [f"saved_model: {tmp_path / 'out' / 'qs' / '1'}",
@@ -470,7 +489,7 @@ def test_quickstart_network_cli_export_saved_model_and_onnx(tmp_path, data_dir):
     image = photos[0]
     loaded = tf.saved_model.load(str(tmp_path / "out" / "qs" / "1"))
     got = as_numpy(loaded.signatures["serving_default"](image=tf.constant(image[None])))
-    want = reference_poses(cfg, model, codec, image)
+    want = reference_poses(predictor(cfg, model, codec), image, cfg.data.input_size)
     n = want["num_people"]
     assert int(got["num_people"][0]) == n >= 1
     np.testing.assert_allclose(got["keypoints"][0, :n, :, :2], want["keypoints"][..., :2],
@@ -479,8 +498,8 @@ def test_quickstart_network_cli_export_saved_model_and_onnx(tmp_path, data_dir):
     onnx_out = run_onnx((tmp_path / "out" / "qs.onnx").read_bytes(), {"images": warped[None]})
     # ~300 float32 convolutions summed in another order than TF's: 1e-3 (the tiny model of
     # test_onnx meets 1e-4)
-    for name, value in model(warped[None], training=False).items():
-        np.testing.assert_allclose(onnx_out[name], value.numpy(), atol=1e-3, err_msg=name)
+    for name, output in outputs_function(cfg, model, codec)(warped[None]).items():
+        np.testing.assert_allclose(onnx_out[name], output.numpy(), atol=1e-3, err_msg=name)
     own = codec.decode({k: tf.constant(onnx_out[k]) for k in ("heatmaps", "center", "offsets")})
     poses = {k: v.numpy() for k, v in own.items()}
     n = int(poses["num_people"][0])

@@ -1,12 +1,10 @@
-"""tfpose.export.tflite: fp32 / fp16 / int8 .tflite of a tiny dekr model against Keras + the codec,
-output names and order, metadata, the GPU-delegate check of the exports, and input errors.
+"""tfpose.export.tflite: fp32 / fp16 / int8 .tflite of export_cases' tiny dekr against Keras + the
+codec, output names and order, metadata, the GPU-delegate check of the exports, and input errors.
 
-The model: configs/quickstart.yaml's dekr heads (heatmap head + regression head with adaptive
-convolutions, quickstart widths), K and the codec from the quickstart config at a 64 px input, on a
-two-conv stem instead of HRNet (a whole HRNet takes minutes to convert on 2 cores; the full
-quickstart network is exported in test_check_gpu's `large` test). Seeded random weights with the
-final convolutions scaled up so that the decoded poses are not empty. Exported once per module in
-the three modes with the raw network outputs (test_check_gpu exports without them, as deployed).
+The tiny dekr (quickstart's heads with adaptive convolutions on a two-conv stem, 64 px) is
+exported once per module in the three modes from one intermediate SavedModel, with the raw
+network outputs (test_check_gpu exports without them, as deployed; the full quickstart network is
+exported in test_check_gpu's `large` test).
 """
 
 import json
@@ -19,85 +17,34 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from export_cases import SIZE, run_tflite, tiny_config, tiny_dekr, value
 
 from tfpose.codecs.base import Codec
-from tfpose.config import ConfigError, load_config
+from tfpose.config import ConfigError
 from tfpose.export import tflite
 from tfpose.export.check_gpu import check_gpu
 from tfpose.export.saved_model import ExportError
 from tfpose.fileio import temporary_prefix
-from tfpose.layers.normalize import IMAGENET_MEAN, IMAGENET_STD, ImageNormalization
-from tfpose.models.backbones.hrnet import conv_bn
-from tfpose.models.dekr import keypoint_heatmap_head, keypoint_regression_head
+from tfpose.layers.normalize import IMAGENET_MEAN, IMAGENET_STD
 from tfpose.registry import build_codec
 
 interpreter_module = pytest.importorskip("ai_edge_litert.interpreter")
-
-SIZE = 64
-QUICKSTART = Path(__file__).resolve().parents[3] / "configs" / "quickstart.yaml"
-# Untrained final convolutions start at N(0, 0.001) (flat maps, no person above the codec's
-# thresholds); these factors give heatmaps of about [-1, 2] and offsets of a few map pixels.
-MAP_SCALE, OFFSET_SCALE = 60.0, 300.0
-
-
-def tiny_dekr(overrides=(), seed=0):
-    """(cfg, model, codec): quickstart's dekr heads and codec on a two-conv stride-4 stem."""
-    cfg = load_config(str(QUICKSTART), [f"data.input_size={SIZE}", *overrides])
-    m, k = cfg.model, cfg.spec.num_keypoints
-    keras.utils.set_random_seed(seed)
-    images = keras.Input((SIZE, SIZE, 3))
-    x = ImageNormalization(name="normalize")(images)
-    x = conv_bn(x, m.width, 3, strides=2, name="stem1")
-    x = conv_bn(x, m.width, 3, strides=2, name="stem2")
-    heat = keypoint_heatmap_head(x, k, m.heatmap_width, m.heatmap_dilations)
-    center, offsets = keypoint_regression_head(x, heat, k, m.regression_channels,
-                                               m.offset_branch_channels)
-    model = keras.Model(images, {"heatmaps": heat, "center": center, "offsets": offsets})
-    return cfg, model, build_codec(cfg)
-
-
-def scale_final_convs(model, cfg):
-    finals = [f"heatmap_branch{i}_final" for i in range(len(cfg.model.heatmap_dilations))]
-    for name, factor in [(n, MAP_SCALE) for n in finals] + [("regression_center", MAP_SCALE),
-                                                             ("regression_offsets", OFFSET_SCALE)]:
-        kernel, bias = model.get_layer(name).get_weights()
-        model.get_layer(name).set_weights([kernel * factor, bias])
-
-
-def run(content, image):
-    """All outputs of a .tflite on one uint8 [S, S, 3] image: name -> (array, (scale, zero))."""
-    interpreter = interpreter_module.Interpreter(model_content=content)
-    interpreter.allocate_tensors()
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
-    interpreter.invoke()
-    return {d["name"]: (interpreter.get_tensor(d["index"]), d["quantization"])
-            for d in interpreter.get_output_details()}
-
-
-def value(output):
-    """A run() output as float32, dequantised when it is quantised."""
-    array, (scale, zero) = output
-    return (array.astype(np.float32) - zero) * scale if scale else array
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     work = tmp_path_factory.mktemp("tflite")
-    cfg, model, codec = tiny_dekr()
-    scale_final_convs(model, cfg)
+    cfg = tiny_config()
+    model, codec = tiny_dekr(cfg), build_codec(cfg)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (4, SIZE, SIZE, 3)).astype(np.uint8)
-    path = tflite.export_tflite(model, codec, cfg, str(work / "fp32.tflite"), "fp32",
-                                raw_outputs=True, work_dir=str(work))
-    saved = str(work / "saved_model")
-    contents = {"fp32": Path(path).read_bytes()}
-    for mode in ("fp16", "int8"):
-        contents[mode] = tflite.convert_saved_model(
-            saved, mode, images if mode == "int8" else None,
-            tflite.tflite_metadata(model, codec, cfg, mode), raw_outputs=True)
+    paths = tflite.export_tflite_modes(
+        model, codec, cfg, {mode: str(work / f"{mode}.tflite") for mode in tflite.QUANTIZE_MODES},
+        images, raw_outputs=True, work_dir=str(work))
     keras_out = model(tf.cast(images, tf.float32), training=False)
     return types.SimpleNamespace(cfg=cfg, model=model, codec=codec, images=images, work=work,
-                                 path=path, contents=contents,
+                                 path=paths["fp32"],
+                                 contents={m: Path(p).read_bytes() for m, p in paths.items()},
                                  keras={k: v.numpy() for k, v in keras_out.items()},
                                  poses={k: v.numpy() for k, v in codec.decode(keras_out).items()})
 
@@ -123,7 +70,7 @@ def test_outputs_names_order_and_types(exported):
 
 
 def test_fp32_network_outputs_and_poses_match_keras(exported):
-    out = run(exported.contents["fp32"], exported.images[0])
+    out = run_tflite(exported.contents["fp32"], exported.images[0])
     for name, reference in exported.keras.items():
         np.testing.assert_allclose(value(out["raw_" + name]), reference[:1], rtol=0, atol=1e-4,
                                    err_msg=name)
@@ -154,7 +101,7 @@ def test_fp16_stores_half_weights_and_keeps_poses(exported):
     assert len(content) < 0.8 * len(exported.contents["fp32"])
     poses, close = exported.poses, []
     for b, image in enumerate(exported.images):
-        out = run(content, image)
+        out = run_tflite(content, image)
         for name, reference in exported.keras.items():
             np.testing.assert_allclose(value(out["raw_" + name]), reference[b:b + 1], rtol=0,
                                        atol=2e-3 * np.abs(reference[b]).max(), err_msg=name)
@@ -191,7 +138,7 @@ def test_int8_integer_network_float_decoding(exported):
     assert kinds["FLOOR"] == {float32}  # sampling coordinates stay float
     assert {"TOPK_V2", "WHILE"} <= set(kinds) and kinds["TOPK_V2"] == {float32}
     for b, image in enumerate(exported.images[:2]):
-        out = run(content, image)
+        out = run_tflite(content, image)
         # the float tail decodes exactly the dequantised int8 network outputs
         raw = assert_decodes_own_maps(exported.codec, out)
         # integer network: within a few % of each map's range of the float network (the
@@ -247,6 +194,8 @@ def test_input_errors_name_the_problem(exported):
     out = str(exported.work / "bad.tflite")
     with pytest.raises(ConfigError, match="quantize = 'int4'"):
         tflite.export_tflite(model, codec, cfg, out, "int4")
+    with pytest.raises(ConfigError, match="no quantisation mode given"):
+        tflite.export_tflite_modes(model, codec, cfg, {})
     with pytest.raises(ExportError, match="needs representative_images"):
         tflite.export_tflite(model, codec, cfg, out, "int8")
     with pytest.raises(ExportError, match=r"representative_images\[1\] must be uint8"):
@@ -254,7 +203,7 @@ def test_input_errors_name_the_problem(exported):
                              [exported.images[0], exported.images[1].astype(np.float32)])
     with pytest.raises(ExportError, match="representative_images is empty"):
         tflite.export_tflite(model, codec, cfg, out, "int8", iter([]))
-    other = load_config(str(QUICKSTART), ["data.input_size=96"])
+    other = tiny_config("data.input_size=96")
     with pytest.raises(ConfigError, match="data.input_size = 96"):
         tflite.export_tflite(model, codec, other, out)
     with pytest.raises(ExportError, match=r"representative_images\[0\] must be uint8 \[64, 64"):
@@ -279,7 +228,8 @@ def test_ops_outside_the_builtin_set_are_named(exported, tmp_path):
     codec = ErfCodec(types.SimpleNamespace(max_people=2), exported.cfg.spec, SIZE)
     images = keras.Input((SIZE, SIZE, 3))
     model = keras.Model(images, {"heatmaps": keras.layers.Conv2D(1, 1)(images)})
-    saved = tflite.write_serving_saved_model(model, codec, str(tmp_path / "saved_model"))
+    saved = tflite.write_serving_saved_model(exported.cfg, model, codec,
+                                             str(tmp_path / "saved_model"))
     with pytest.raises(ExportError, match="outside the builtin set: tf.Erfinv"):
         tflite.convert_saved_model(saved)
 
@@ -304,7 +254,8 @@ def test_int8_poses_match_fp32_after_training(tmp_path):
              "data.augment.translation=0", "data.augment.flip=0", "data.cache=false",
              "data.batch_size=8", f"data.train.annotations={data}/annotations_train.json",
              f"data.train.images={data}/images/train"]
-    cfg, model, codec = tiny_dekr(fixed)
+    cfg = tiny_config(*fixed)
+    model, codec = tiny_dekr(cfg, scaled=False), build_codec(cfg)
     loss_fn = METHODS["dekr"].build_loss(cfg)
     optimizer = keras.optimizers.Adam(5e-3)
     batches = list(build_dataset(cfg, "train", codec, training=True).take(2))
@@ -339,7 +290,7 @@ def test_int8_poses_match_fp32_after_training(tmp_path):
         n = int(poses["num_people"][b])
         fp32 = poses["keypoints"].numpy()[b, :n]
         correct = fp32[oks(fp32, gt, [a["area"] for a in people], sigmas).max(axis=1) >= 0.5]
-        out = run(content, image)
+        out = run_tflite(content, image)
         found = value(out["keypoints"])[0, :int(value(out["num_people"])[0])]
         if not len(correct):
             continue
