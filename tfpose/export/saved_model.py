@@ -36,6 +36,7 @@ outputs, so a client can name and draw keypoints without tfpose; TF Serving igno
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import os
 import re
@@ -94,6 +95,33 @@ def export_metadata(cfg, codec, **extra) -> dict:
     return out
 
 
+class ReadKeys(collections.abc.Mapping):
+    """Read-only view of a dict that records the keys read through it (``[key]``, ``get``,
+    ``items``; membership tests do not count): which network outputs ``codec.decode`` uses.
+
+    Args:
+        data: dict, the wrapped outputs.
+    """
+
+    def __init__(self, data):
+        self._data = data
+        self.keys_read = set()
+
+    def __getitem__(self, key):
+        value = self._data[key]
+        self.keys_read.add(key)
+        return value
+
+    def __contains__(self, key):
+        return key in self._data
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self):
+        return len(self._data)
+
+
 def decode_function(cfg, model, codec, flip_test: bool | None = None, scales=None,
                     batch_size: int | None = None):
     """The network and ``codec.decode`` traced once and frozen (weights as constants).
@@ -116,7 +144,9 @@ def decode_function(cfg, model, codec, flip_test: bool | None = None, scales=Non
 
     Returns:
         callable (images float32 [B, S, S, 3], letterboxed RGB 0..255) -> dict with the network
-        outputs (under their own names) and the decoded poses ``keypoints`` [B, P, K, 3] (input
+        outputs ``codec.decode`` reads (under their own names; training-only outputs such as
+        intermediate heatmaps are left out, so the TFLite and ONNX converters drop the layers
+        only they feed) and the decoded poses ``keypoints`` [B, P, K, 3] (input
         pixels), ``scores`` [B, P], ``num_people`` [B].
     """
     from tfpose.inference import network_outputs, scaled_sizes
@@ -131,7 +161,10 @@ def decode_function(cfg, model, codec, flip_test: bool | None = None, scales=Non
         clash = sorted(set(raw) & set(OUTPUT_KEYS))
         if clash:
             raise ExportError(f"network outputs {clash} have the names of decoded outputs")
-        return {**raw, **codec.decode(raw)}
+        read = ReadKeys(raw)
+        poses = codec.decode(read)
+        # outputs decode never reads (training-only maps) leave the graph with their layers
+        return {**{k: v for k, v in raw.items() if k in read.keys_read}, **poses}
 
     spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32, name="images")
     traced = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()

@@ -79,3 +79,40 @@ def value(output) -> np.ndarray:
     """A :func:`run_tflite` output as float32, dequantised when it is quantised."""
     array, (scale, zero) = output
     return (array.astype(np.float32) - zero) * scale if scale else array
+
+
+# --- posedet ------------------------------------------------------------------------------------
+
+POSEDET_QUICKSTART = REPO / "configs" / "posedet" / "posedet_quickstart.yaml"
+# The posedet head's final 1x1 convolutions start at N(0, 0.01) (classifier bias at the focal
+# prior, sigmoid 0.01 < the 0.05 score threshold): nobody is decoded. Scaled by these factors a
+# random network's stride-8 logits spread over about +-3 around POSEDET_LOGIT_BIAS (a few dozen
+# candidates above the threshold, the flat coarser levels below it) and its poses over a few
+# stride units.
+POSEDET_SCALES = {"head_logits": 6000.0, "head_coarse": 1000.0, "head_refine": 300.0}
+POSEDET_LOGIT_BIAS = -3.5
+
+
+def tiny_posedet_config(*overrides, run_dir=None):
+    """configs/posedet/posedet_quickstart.yaml (MobileNetV3 width 8) at SIZE px with 16-channel
+    FPN and head, 20 decoded people, one forward pass at test time."""
+    run = [f"train.out_dir={run_dir}"] if run_dir is not None else []
+    return load_config(str(POSEDET_QUICKSTART), [
+        f"data.input_size={SIZE}", "model.fpn_channels=16", "model.head_channels=16",
+        "model.heatmap_channels=8", "codec.max_people=20", "eval.flip_test=false",
+        "eval.scales=[1.0]", *run, *overrides])
+
+
+def tiny_posedet(cfg, seed: int = 0) -> keras.Model:
+    """The posedet network of `cfg` with seeded random weights and scaled final convolutions
+    (:data:`POSEDET_SCALES`), so that images decode to several people."""
+    from tfpose.registry import METHODS
+
+    keras.utils.set_random_seed(seed)
+    model = METHODS["posedet"].build_model(cfg)
+    for name, factor in POSEDET_SCALES.items():
+        kernel, bias = model.get_layer(name).get_weights()
+        if name == "head_logits":
+            bias = np.full_like(bias, POSEDET_LOGIT_BIAS)
+        model.get_layer(name).set_weights([kernel * factor, bias])
+    return model
