@@ -75,6 +75,7 @@ def representative_images(cfg, count: int = REPRESENTATIVE_IMAGES) -> list:
 
     cfg = copy.deepcopy(cfg)
     cfg.data.cache = False  # a few images of the split only
+    cfg.data.deterministic = True  # the same images in the same order on every call
     records = None
     if cfg.data.train.annotations:
         records = read_split(cfg.data.train, cfg.spec)

@@ -2,19 +2,16 @@
 
 import pytest
 
+from method_cases import raw_config
+
 from tfpose.config import ConfigError, config_from_dict
+
+_BASE = {"method": "dekr", "model": {"type": "dekr", "width": 8}, "codec": {"type": "dekr"},
+         "loss": {"type": "dekr"}, "data": {"keypoints": "coco", "input_size": 128}}
 
 
 def _raw(**changes):
-    raw = {"method": "dekr", "model": {"type": "dekr", "width": 8}, "codec": {"type": "dekr"},
-           "loss": {"type": "dekr"}, "data": {"keypoints": "coco", "input_size": 128}}
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw[section][name] = value
-        else:
-            raw[section] = value
-    return raw
+    return raw_config(_BASE, **changes)
 
 
 def test_valid_config_passes():

@@ -6,24 +6,21 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from method_cases import raw_config
+
 from tfpose.config import ConfigError, config_from_dict
 from tfpose.registry import METHODS, build_codec
 
+_BASE = {"method": "posedet",
+         "model": {"type": "posedet", "backbone": "mobilenetv3", "width": 8,
+                   "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
+                   "bypass_convs": 1},
+         "codec": {"type": "posedet", "max_people": 4},
+         "loss": {"type": "posedet"}, "data": {"keypoints": "coco", "input_size": 64}}
+
 
 def _raw(**changes):
-    raw = {"method": "posedet",
-           "model": {"type": "posedet", "backbone": "mobilenetv3", "width": 8,
-                     "fpn_channels": 16, "head_channels": 16, "head_convs": 1,
-                     "bypass_convs": 1},
-           "codec": {"type": "posedet", "max_people": 4},
-           "loss": {"type": "posedet"}, "data": {"keypoints": "coco", "input_size": 64}}
-    for key, value in changes.items():
-        section, _, name = key.partition("__")
-        if name:
-            raw[section][name] = value
-        else:
-            raw[section] = value
-    return raw
+    return raw_config(_BASE, **changes)
 
 
 def test_valid_config_passes():
