@@ -54,17 +54,12 @@ import tensorflow as tf
 from tfpose.config import ConfigError, field, register_section
 from tfpose.layers.deformable_conv import DeformableConv2D
 from tfpose.layers.normalize import ImageNormalization
-from tfpose.models.backbones.fpn import fpn_features
+from tfpose.models.backbones.fpn import BACKBONE_STRIDE, fpn_features
 from tfpose.models.backbones.hrnet import batch_norm
-
-# The coarsest feature map of every FPN backbone (HRNet, DLA-34, MobileNetV3) is at 1/32.
-BACKBONE_STRIDE = 32
 
 # Reference head init (IIGROUP/PoseDet PoseDetHead.init_weights): final convs N(0, 0.01),
 # classifier bias from the focal-loss prior probability [Lin et al., 2017].
 FINAL_CONV_STDDEV = 0.01
-
-BACKBONES = ("hrnet_w32", "hrnet_w48", "hrnet", "dla34", "mobilenetv3")
 
 
 @register_section("model", "posedet")
