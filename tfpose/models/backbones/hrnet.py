@@ -91,13 +91,17 @@ def batch_norm(x, name):
     return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
+def symmetric_padding(x, kernel_size, strides, name):
+    """(x, padding) for a conv: strided k > 1 convs pad ``k // 2`` on every side like PyTorch
+    (Keras "same" pads the bottom/right only), others use "same"."""
+    if strides > 1 and kernel_size > 1:
+        return keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x), "valid"
+    return x, "same"
+
+
 def conv_bn(x, filters, kernel_size=3, strides=1, relu=True, name="conv"):
     """Conv (no bias) + BN (+ ReLU). Stride-2 3x3 convs pad symmetrically like PyTorch."""
-    if strides > 1 and kernel_size > 1:
-        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
+    x, padding = symmetric_padding(x, kernel_size, strides, name)
     x = keras.layers.Conv2D(
         filters,
         kernel_size,

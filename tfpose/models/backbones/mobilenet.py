@@ -32,7 +32,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpose.models.backbones.hrnet import batch_norm, conv_bn
+from tfpose.models.backbones.hrnet import batch_norm, conv_bn, symmetric_padding
 
 # Paper Table 1, MobileNetV3-Large: (kernel, expansion width, output width, SE, activation
 # "RE" = ReLU / "HS" = h-swish, stride) of the 15 bottlenecks.
@@ -123,11 +123,7 @@ def _activation(x, kind, name):
 
 def depthwise_bn(x, kernel_size, strides=1, name="dw"):
     """Depthwise conv (no bias) + BN. Strided convs pad ``kernel_size // 2`` on every side."""
-    if strides > 1:
-        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
-        padding = "valid"
-    else:
-        padding = "same"
+    x, padding = symmetric_padding(x, kernel_size, strides, name)
     x = keras.layers.DepthwiseConv2D(
         kernel_size,
         strides=strides,
