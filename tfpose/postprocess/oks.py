@@ -5,7 +5,7 @@ Same definition as the numpy reference :func:`tfpose.evaluation.oks.oks` (cocoap
 shapes), so it runs inside ``tf.function``, tf.data and TFLite/ONNX exports.
 
 Also the pose-to-pose helpers of detection-style codecs: :func:`keypoint_boxes`,
-:func:`keypoint_box_areas` and the symmetric :func:`pairwise_oks` used by OKS NMS
+:func:`keypoint_box_areas` and the symmetric :func:`pose_oks` used by OKS NMS
 (:mod:`tfpose.postprocess.nms`).
 """
 
@@ -112,8 +112,9 @@ def keypoint_box_areas(keypoints: tf.Tensor, labelled: Optional[tf.Tensor] = Non
     return tf.maximum(area, float(min_area))
 
 
-def pairwise_oks(poses: tf.Tensor, areas: tf.Tensor, sigmas: Sequence[float]) -> tf.Tensor:
-    """Symmetric OKS between the poses of each image, every keypoint counted (NMS of detections).
+def pose_oks(poses: tf.Tensor, areas: tf.Tensor, others: tf.Tensor, other_areas: tf.Tensor,
+             sigmas: Sequence[float]) -> tf.Tensor:
+    """Symmetric OKS between two sets of poses of each image, every keypoint counted.
 
     ``OKS_ij = mean_k exp(-d_ijk^2 / (2 s_ij^2 (2 sigma_k)^2))`` (COCO's per-keypoint term) with
     d the distance between keypoint k of poses i and j and s_ij^2 = (a_i + a_j) / 2 the mean of
@@ -122,21 +123,23 @@ def pairwise_oks(poses: tf.Tensor, areas: tf.Tensor, sigmas: Sequence[float]) ->
     Args:
         poses: float [B, P, K, C], C >= 2: (x, y, ...).
         areas: float [B, P]: s^2 of every pose (e.g. :func:`keypoint_box_areas`).
+        others, other_areas: float [B, Q, K, C] and [B, Q], the second set.
         sigmas: K per-keypoint OKS sigmas (a constant).
 
     Returns:
-        float32 [B, P, P], 1 on the diagonal.
+        float32 [B, P, Q].
     """
     sigmas = np.asarray(sigmas, dtype=np.float32).reshape(-1)
-    poses = tf.convert_to_tensor(poses, tf.float32)
-    areas = tf.convert_to_tensor(areas, tf.float32)
-    if poses.shape.rank != 4 or poses.shape[2] != sigmas.shape[0]:
-        raise ValueError(f"poses must be [B, P, {sigmas.shape[0]}, C], got {poses.shape}")
+    poses, others = (tf.convert_to_tensor(p, tf.float32) for p in (poses, others))
+    for p in (poses, others):
+        if p.shape.rank != 4 or p.shape[2] != sigmas.shape[0]:
+            raise ValueError(f"poses must be [B, P, {sigmas.shape[0]}, C], got {p.shape}")
+    areas, other_areas = (tf.convert_to_tensor(a, tf.float32) for a in (areas, other_areas))
     # exponent -d^2 * c_k / s^2 with c_k = 1 / (2 (2 sigma_k)^2); x and y apart (a reduction
-    # over a size-2 axis of [B, P, P, K, 2] is several times slower)
+    # over a size-2 axis of [B, P, Q, K, 2] is several times slower)
     coef = tf.constant(-1.0 / (2.0 * (sigmas * 2) ** 2), tf.float32)  # [K]
-    inv_scale = 1.0 / ((areas[:, :, None] + areas[:, None, :]) * 0.5 + AREA_EPS)  # [B, P, P]
-    x, y = poses[..., 0], poses[..., 1]  # [B, P, K]
-    dx = x[:, :, None] - x[:, None]
-    dy = y[:, :, None] - y[:, None]  # [B, P, P, K]
+    inv_scale = 1.0 / ((areas[:, :, None] + other_areas[:, None, :]) * 0.5 + AREA_EPS)
+    dx = poses[:, :, None, :, 0] - others[:, None, :, :, 0]
+    dy = poses[:, :, None, :, 1] - others[:, None, :, :, 1]  # [B, P, Q, K]
     return tf.reduce_mean(tf.exp((dx * dx + dy * dy) * coef * inv_scale[..., None]), axis=-1)
+

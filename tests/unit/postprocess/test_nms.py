@@ -9,7 +9,7 @@ import tensorflow as tf
 from tfpose.evaluation.oks import oks as numpy_coco_oks
 from tfpose.keypoints import get_spec
 from tfpose.postprocess import nms
-from tfpose.postprocess.oks import keypoint_box_areas, keypoint_boxes, pairwise_oks
+from tfpose.postprocess.oks import keypoint_box_areas, keypoint_boxes, pose_oks
 
 SIGMAS = get_spec("coco").sigmas_array
 K = len(SIGMAS)
@@ -89,11 +89,11 @@ def check_against_reference(result, sims, scores, valid, threshold, m):
 
 # -- pose OKS helpers -----------------------------------------------------------------------------
 
-def test_pairwise_oks_is_coco_oks_with_the_mean_area():
+def test_pose_oks_is_coco_oks_with_the_mean_area():
     rng = np.random.default_rng(0)
     poses, _, _ = crowded_poses(rng, 6)
     areas = rng.uniform(500, 5000, 6).astype(np.float32)
-    got = pairwise_oks(poses[None], areas[None], SIGMAS).numpy()[0]
+    got = pose_oks(poses[None], areas[None], poses[None], areas[None], SIGMAS).numpy()[0]
     np.testing.assert_allclose(got, np_pairwise_oks(poses, areas, SIGMAS), rtol=1e-5, atol=1e-6)
     # entry (i, j) is the COCO OKS of pose j against pose i (all keypoints labelled), with the
     # pair's mean area: the numpy evaluation reference
@@ -174,21 +174,23 @@ def test_greedy_not_all_pairs_ties_and_padding():
     sim[5, 0] = sim[0, 5] = 0.9  # F (invalid, highest score) suppresses nothing
     scores = np.array([[0.9, 0.8, 0.7, 0.9, 0.9, 1.0]], np.float32)
     valid = np.array([[True, True, True, True, True, False]])
-    result = nms.greedy_nms(sim[None], scores, 0.5, 8, valid)
+    result = nms.greedy_nms(nms.similarity_rows(sim[None]), scores, 0.5, 8, valid)
     assert result.indices.numpy().tolist() == [[0, 3, 2, 0, 0, 0, 0, 0]]
     assert result.valid.numpy().tolist() == [[True] * 3 + [False] * 5]
     assert result.keep.numpy().tolist() == [[True, False, True, True, False, False]]
     assert int(result.num_kept[0]) == 3
     # nothing valid: nothing kept
-    none = nms.greedy_nms(sim[None], scores, 0.5, 2, np.zeros((1, 6), bool))
+    none = nms.greedy_nms(nms.similarity_rows(sim[None]), scores, 0.5, 2, np.zeros((1, 6), bool))
     assert int(none.num_kept[0]) == 0 and not none.keep.numpy().any()
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="max_output"):
-        nms.greedy_nms(np.eye(3, dtype=np.float32)[None], np.ones((1, 3), np.float32), 0.5, 0)
+        nms.greedy_nms(nms.similarity_rows(np.eye(3, dtype=np.float32)[None]),
+                       np.ones((1, 3), np.float32), 0.5, 0)
     with pytest.raises(ValueError, match="poses must be"):
-        pairwise_oks(np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2), np.float32), SIGMAS)
+        poses, areas = np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2), np.float32)
+        pose_oks(poses, areas, poses, areas, SIGMAS)
 
 
 # -- TFLite ---------------------------------------------------------------------------------------
