@@ -11,12 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from tfpose.codecs import heatmaps as maps
 from tfpose.codecs.base import Codec
 from tfpose.config import ConfigError, field
+from tfpose.postprocess import nms as pose_nms
 from tfpose.postprocess import peaks
 
 # Map pixels a keypoint Gaussian's tradeoff region reaches, in sigmas: the reference's
@@ -409,28 +409,18 @@ class DekrCodec(Codec):
             bool [B, M], the kept poses.
         """
         cfg = self.config
-        m, k = self.max_people, self.num_keypoints
+        m = self.max_people
         xy = poses[..., :2]
-        dist = tf.reduce_sum(tf.square(xy[:, :, None] - xy[:, None]), axis=-1)  # [B, M, M, K]
-        close = tf.reduce_sum(tf.cast(dist < float(cfg.nms_distance) ** 2, tf.float32), axis=-1)
-        earlier = tf.constant(np.triu(np.ones((m, m), np.float32), k=1))  # [j, i]: j before i
-        # suppress[b, j, i]: pose j, when kept, suppresses the lower-scored pose i
-        suppress = tf.cast(close > float(cfg.nms_overlap) * k, tf.float32) * earlier
-        alive = tf.cast(valid, tf.float32)
 
-        # keep_i = valid_i and no kept j < i suppresses i; the greedy result is the unique fixed
-        # point, reached after at most M rounds (round t settles the first t poses)
-        def step(keep):
-            hit = tf.reduce_max(keep[:, :, None] * suppress, axis=1)  # [B, M]
-            return alive * (1.0 - hit)
+        def close_keypoints(index):  # [B, M]: keypoints of pose `index` near each pose's
+            own = tf.gather(xy, index, batch_dims=1)[:, None]  # [B, 1, K, 2]
+            near = tf.reduce_sum(tf.square(xy - own), axis=-1) < float(cfg.nms_distance) ** 2
+            return tf.reduce_sum(tf.cast(near, tf.float32), axis=-1)
 
-        def body(i, keep, _):
-            new = step(keep)
-            return i + 1, new, tf.reduce_any(tf.not_equal(new, keep))
-
-        _, keep, _ = tf.while_loop(lambda i, keep, changed: (i < m) & changed, body,
-                                   (tf.constant(0), alive, tf.constant(True)))
-        return keep > 0.5
+        # the poses are in score order: ranks as scores keep it
+        order_scores = tf.zeros_like(valid, tf.float32) - tf.range(m, dtype=tf.float32)
+        return pose_nms.greedy_nms(close_keypoints, order_scores,
+                                   float(cfg.nms_overlap) * self.num_keypoints, m, valid).keep
 
 
 # Registered as the last statement rather than with a class decorator: tfpose.registry imports
