@@ -103,14 +103,14 @@ def tiny_posedet_config(*overrides, run_dir=None):
         "eval.scales=[1.0]", *run, *overrides])
 
 
-def tiny_posedet(cfg, seed: int = 0) -> keras.Model:
-    """The posedet network of `cfg` with seeded random weights and scaled final convolutions
-    (:data:`POSEDET_SCALES`), so that images decode to several people."""
+def tiny_posedet(cfg, seed: int = 0, scaled: bool = True) -> keras.Model:
+    """The posedet network of `cfg` with seeded random weights; `scaled`: final convolutions
+    scaled (:data:`POSEDET_SCALES`), so that images decode to several people."""
     from tfpose.registry import METHODS
 
     keras.utils.set_random_seed(seed)
     model = METHODS["posedet"].build_model(cfg)
-    for name, factor in POSEDET_SCALES.items():
+    for name, factor in POSEDET_SCALES.items() if scaled else ():
         kernel, bias = model.get_layer(name).get_weights()
         if name == "head_logits":
             bias = np.full_like(bias, POSEDET_LOGIT_BIAS)

@@ -17,7 +17,8 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from export_cases import SIZE, run_tflite, tiny_config, tiny_dekr, value
+from export_cases import (SIZE, run_tflite, tiny_config, tiny_dekr, tiny_posedet,
+                          tiny_posedet_config, value)
 
 from tfpose.codecs.base import Codec
 from tfpose.config import ConfigError
@@ -234,9 +235,15 @@ def test_ops_outside_the_builtin_set_are_named(exported, tmp_path):
         tflite.convert_saved_model(saved)
 
 
+# method -> (config, model with unscaled random weights, training steps)
+INT8_CASES = {"dekr": (tiny_config, lambda cfg: tiny_dekr(cfg, scaled=False), 200),
+              "posedet": (tiny_posedet_config, lambda cfg: tiny_posedet(cfg, scaled=False), 400)}
+
+
 @pytest.mark.large
-def test_int8_poses_match_fp32_after_training(tmp_path):
-    """Trains the tiny model for 200 steps on 16 synthetic 64 px images, then compares the int8
+@pytest.mark.parametrize("method", sorted(INT8_CASES))
+def test_int8_poses_match_fp32_after_training(tmp_path, method):
+    """Trains the method's tiny model on 16 synthetic 64 px images, then compares the int8
     export with the float Keras model + codec on those images: the fp32 poses that are correct
     detections (OKS >= 0.5 with a ground-truth person) are found again by the int8 model with
     mean OKS >= 0.9 (OKS between fp32 and int8 poses, the fp32 pose's keypoint box as area).
@@ -254,9 +261,10 @@ def test_int8_poses_match_fp32_after_training(tmp_path):
              "data.augment.translation=0", "data.augment.flip=0", "data.cache=false",
              "data.batch_size=8", f"data.train.annotations={data}/annotations_train.json",
              f"data.train.images={data}/images/train"]
-    cfg = tiny_config(*fixed)
-    model, codec = tiny_dekr(cfg, scaled=False), build_codec(cfg)
-    loss_fn = METHODS["dekr"].build_loss(cfg)
+    make_config, make_model, steps = INT8_CASES[method]
+    cfg = make_config(*fixed)
+    model, codec = make_model(cfg), build_codec(cfg)
+    loss_fn = METHODS[method].build_loss(cfg)
     optimizer = keras.optimizers.Adam(5e-3)
     batches = list(build_dataset(cfg, "train", codec, training=True).take(2))
 
@@ -268,7 +276,7 @@ def test_int8_poses_match_fp32_after_training(tmp_path):
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
-    for i in range(200):
+    for i in range(steps):
         step(*batches[i % 2])
     images = np.concatenate([b[0].numpy() for b in batches]).astype(np.uint8)
     content = Path(tflite.export_tflite(model, codec, cfg, str(tmp_path / "int8.tflite"), "int8",
