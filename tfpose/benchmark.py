@@ -4,6 +4,7 @@
     python -m tfpose.benchmark model --config C [--runs 20] [--warmup 3] [--json]
     python -m tfpose.benchmark tflite --model M.tflite [--threads 2] [--runs 20] [--warmup 3]
         [--saved_model DIR] [--json]
+    python -m tfpose.benchmark parity --config C --checkpoint P [--images 8] [--json]
 
 ``pipeline``: images/s of the training input pipeline (decode + augment + encode + batch) on the
 config's split, after a warm-up.
@@ -27,6 +28,15 @@ candidates the image gives, so time a trained model), plus the file size and the
 quantisation. With ``--saved_model DIR`` the same image goes through that SavedModel's
 ``serving_default`` signature (TensorFlow limited to ``--threads`` intra-op threads), for a
 comparison on the same machine.
+
+``parity``: how far the exported formats' network outputs are from the Keras model's, for a
+trained checkpoint: on ``--images`` letterboxed val images (train images when the config has no
+val split), the largest absolute difference per network output between the Keras model
+(``tfpose.inference.network_outputs``, eager) and the frozen network + decode graph that every
+SavedModel signature runs (saved and loaded), the ONNX model in onnxruntime (both with the
+config's flip test and scales), and the .tflite fp32 / fp16 files (one forward pass at batch 1,
+as deployed; compared with the Keras model's single pass). ``magnitudes`` gives each output's
+largest absolute value for scale. ONNX is skipped when tf2onnx or onnxruntime is not installed.
 
 The last line is one JSON object when --json is given.
 """
@@ -244,8 +254,89 @@ def _benchmark_saved_model(path: str, image, threads: int, runs: int, warmup: in
             "saved_model_intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
+def _largest_differences(got: dict, want: dict) -> dict:
+    return {k: float(f"{np.abs(got[k].astype(np.float64) - want[k]).max():.3g}") for k in want}
+
+
+def _tflite_raw_outputs(content: bytes, images) -> dict:
+    """Network outputs (``raw_<name>``) of a .tflite exported with raw outputs, image by image."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfpose.export.tflite import RAW_PREFIX
+
+    interpreter = Interpreter(model_content=content)
+    interpreter.allocate_tensors()
+    details = [d for d in interpreter.get_output_details() if d["name"].startswith(RAW_PREFIX)]
+    outputs = {d["name"][len(RAW_PREFIX):]: [] for d in details}
+    for image in images:
+        interpreter.set_tensor(interpreter.get_input_details()[0]["index"], image[None])
+        interpreter.invoke()
+        for d in details:
+            outputs[d["name"][len(RAW_PREFIX):]].append(interpreter.get_tensor(d["index"]))
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def benchmark_parity(cfg, checkpoint: str, images: int = 8) -> dict:
+    """Largest differences of the exported formats' network outputs from Keras (module
+    docstring)."""
+    import importlib.util
+    import tempfile
+
+    import tensorflow as tf
+
+    from tfpose.export import tflite
+    from tfpose.export.__main__ import representative_images
+    from tfpose.export.saved_model import OUTPUT_KEYS, decode_function, write_archive
+    from tfpose.inference import network_outputs, restore_for_inference
+
+    if images < 1:
+        raise cli.ConfigError(f"--images must be >= 1 (got {images})")
+    if not checkpoint:
+        raise cli.ConfigError("benchmark parity needs --checkpoint (a trained run)")
+    model, codec = restore_for_inference(cfg, checkpoint)
+    split = "val" if (cfg.data.val.annotations or cfg.data.val.tfrecords) else "train"
+    batch = np.stack(representative_images(cfg, images, split))
+    x = tf.constant(batch, tf.float32)
+    flip, scales = bool(cfg.eval.flip_test), tuple(cfg.eval.scales)
+    decode = decode_function(cfg, model, codec)
+    names = [k for k in decode(x[:1]) if k not in OUTPUT_KEYS]  # what decode reads
+
+    def numpy(outputs):
+        return {k: outputs[k].numpy() for k in names}
+
+    keras_test = numpy(network_outputs(model, codec, x, flip, scales))
+    keras_one = numpy(network_outputs(model, codec, x))
+    result = {"benchmark": "parity", "checkpoint": checkpoint, "images": len(batch),
+              "split": split, "flip_test": flip, "scales": list(scales),
+              "magnitudes": {k: float(f"{np.abs(v).max():.3g}") for k, v in keras_test.items()}}
+    spec = [tf.TensorSpec([None] + list(batch.shape[1:]), tf.float32)]
+    with tempfile.TemporaryDirectory(prefix="tfpose-parity-") as tmp:
+        saved = tf.saved_model.load(write_archive(os.path.join(tmp, "saved_model"),
+                                                  {"serving_default": (decode, spec)}))
+        result["saved_model"] = _largest_differences(
+            numpy(saved.signatures["serving_default"](x)), keras_test)
+        if all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime")):
+            from tfpose.export.onnx import export_onnx, run_onnx
+
+            path = export_onnx(cfg, model, codec, os.path.join(tmp, "model.onnx"), decode=decode)
+            with open(path, "rb") as f:
+                result["onnx"] = _largest_differences(run_onnx(f.read(), {"images": batch.astype(
+                    np.float32)}), keras_test)
+        else:
+            result["onnx"] = "skipped: tf2onnx / onnxruntime not installed"
+        modes = ("fp32", "fp16")
+        paths = tflite.export_tflite_modes(model, codec, cfg,
+                                           {m: os.path.join(tmp, f"{m}.tflite") for m in modes},
+                                           raw_outputs=True)
+        for mode, path in paths.items():
+            with open(path, "rb") as f:
+                result[f"tflite_{mode}"] = _largest_differences(
+                    _tflite_raw_outputs(f.read(), batch), keras_one)
+    return result
+
+
 BENCHMARKS = {"pipeline": benchmark_pipeline, "model": benchmark_model,
-              "tflite": benchmark_tflite}
+              "tflite": benchmark_tflite, "parity": benchmark_parity}
 
 
 def _flag_args(name: str) -> dict:
@@ -254,6 +345,8 @@ def _flag_args(name: str) -> dict:
     if name == "tflite":
         return {"model": FLAGS.model, "threads": FLAGS.threads, "runs": FLAGS.runs,
                 "warmup": FLAGS.warmup, "saved_model": FLAGS.saved_model}
+    if name == "parity":
+        return {"checkpoint": FLAGS.checkpoint, "images": FLAGS.images}
     return {"runs": FLAGS.runs, "warmup": FLAGS.warmup}
 
 
@@ -286,5 +379,7 @@ if __name__ == "__main__":
     cli.flags.DEFINE_integer("threads", 2, "tflite: interpreter (and SavedModel) CPU threads.")
     cli.flags.DEFINE_string("saved_model", "", "tflite: also time this SavedModel's "
                             "serving_default signature on the same image.")
+    cli.flags.DEFINE_string("checkpoint", "", "parity: the trained run or checkpoint to export.")
+    cli.flags.DEFINE_integer("images", 8, "parity: val images compared.")
     cli.flags.DEFINE_bool("json", False, "Print the result as one JSON line.")
     cli.run(main)

@@ -63,9 +63,9 @@ def default_model_name(cfg) -> str:
     return stem or cfg.method or "model"
 
 
-def representative_images(cfg, count: int = REPRESENTATIVE_IMAGES) -> list:
-    """Up to `count` uint8 [S, S, 3] images of the training split, letterboxed as the eval
-    pipeline does (tfpose.data.pipeline.build_dataset without augmentation).
+def representative_images(cfg, count: int = REPRESENTATIVE_IMAGES, split: str = "train") -> list:
+    """Up to `count` uint8 [S, S, 3] images of the split, letterboxed as the eval pipeline does
+    (tfpose.data.pipeline.build_dataset without augmentation).
 
     Annotated splits: `count` images drawn without replacement, seeded by ``cfg.seed``; TFRecord
     splits: the first `count`.
@@ -77,13 +77,13 @@ def representative_images(cfg, count: int = REPRESENTATIVE_IMAGES) -> list:
     cfg.data.cache = False  # a few images of the split only
     cfg.data.deterministic = True  # the same images in the same order on every call
     records = None
-    if cfg.data.train.annotations:
-        records = read_split(cfg.data.train, cfg.spec)
+    if getattr(cfg.data, split).annotations:
+        records = read_split(getattr(cfg.data, split), cfg.spec)
         if len(records) > count:
             pick = np.random.default_rng(cfg.seed).choice(len(records), count, replace=False)
             records = [records[i] for i in sorted(pick)]
     images = []
-    for batch in build_dataset(cfg, "train", None, training=False, records=records):
+    for batch in build_dataset(cfg, split, None, training=False, records=records):
         images.extend(np.clip(np.rint(batch["image"].numpy()), 0, 255).astype(np.uint8))
         if len(images) >= count:
             break

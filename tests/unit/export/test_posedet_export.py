@@ -206,3 +206,24 @@ def test_deployed_tflite_passes_the_gpu_delegate_check(exported):
         assert first["gpu"] and first["first"] == 0 and first["last"] >= result.last_conv, mode
         assert first["ops"] == max(p["ops"] for p in result.partitions if p["gpu"]), mode
         assert {"TOPK_V2", "WHILE"} <= set(tflite.operator_names(content)), mode
+
+
+def test_parity_benchmark_on_a_checkpoint(tmp_path, data_dir):
+    """``python -m tfpose.benchmark parity`` restores a checkpoint and reports every format's
+    largest network-output difference from Keras: float32 formats within RAW_ATOL, fp16 within
+    1 % of each output's magnitude."""
+    from tfpose.benchmark import benchmark_parity
+
+    coco = data_dir / "coco_mini"
+    cfg = tiny_posedet_config(f"data.val.annotations={coco / 'test_coco.json'}",
+                              f"data.val.images={coco}", run_dir=tmp_path / "run")
+    model = tiny_posedet(cfg)
+    prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / "ckpt" / "ckpt"))
+    result = benchmark_parity(cfg, prefix, images=2)
+    assert result["images"] == 2 and result["split"] == "val"
+    assert set(result["magnitudes"]) == set(DECODED_FROM)
+    for fmt in ("saved_model", "onnx", "tflite_fp32"):
+        assert set(result[fmt]) == set(DECODED_FROM), fmt
+        assert max(result[fmt].values()) <= RAW_ATOL, (fmt, result[fmt])
+    for name, diff in result["tflite_fp16"].items():
+        assert diff <= 0.01 * result["magnitudes"][name], (name, result["tflite_fp16"])
