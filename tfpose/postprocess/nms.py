@@ -104,12 +104,6 @@ def greedy_nms(similarity_to: Callable[[tf.Tensor], tf.Tensor], scores: tf.Tenso
     return NmsResult(indices=indices, valid=slots < num_kept[:, None], keep=keep)
 
 
-def similarity_rows(similarity: tf.Tensor) -> Callable[[tf.Tensor], tf.Tensor]:
-    """``similarity_to`` of :func:`greedy_nms` reading rows of a [B, T, T] matrix."""
-    similarity = tf.convert_to_tensor(similarity, tf.float32)
-    return lambda index: tf.gather(similarity, index, batch_dims=1)
-
-
 def _one_against_all(poses: tf.Tensor, *per_pose: tf.Tensor):
     """Picks pose ``index`` [B] of each image: (poses[b, index[b]] [B, 1, ...], ...) helper."""
     return lambda index: [tf.gather(x, index, batch_dims=1)[:, None] for x in (poses,) + per_pose]

@@ -44,6 +44,12 @@ def np_box_iou(poses):
     return out
 
 
+def similarity_rows(similarity):
+    """``similarity_to`` of nms.greedy_nms reading rows of a [B, T, T] matrix."""
+    similarity = tf.convert_to_tensor(similarity, tf.float32)
+    return lambda index: tf.gather(similarity, index, batch_dims=1)
+
+
 def np_greedy(sim, scores, valid, threshold, max_output):
     """Kept indices: by decreasing score (ties: lower index first), keep unless a kept pose has
     similarity above the threshold; at most max_output."""
@@ -174,19 +180,19 @@ def test_greedy_not_all_pairs_ties_and_padding():
     sim[5, 0] = sim[0, 5] = 0.9  # F (invalid, highest score) suppresses nothing
     scores = np.array([[0.9, 0.8, 0.7, 0.9, 0.9, 1.0]], np.float32)
     valid = np.array([[True, True, True, True, True, False]])
-    result = nms.greedy_nms(nms.similarity_rows(sim[None]), scores, 0.5, 8, valid)
+    result = nms.greedy_nms(similarity_rows(sim[None]), scores, 0.5, 8, valid)
     assert result.indices.numpy().tolist() == [[0, 3, 2, 0, 0, 0, 0, 0]]
     assert result.valid.numpy().tolist() == [[True] * 3 + [False] * 5]
     assert result.keep.numpy().tolist() == [[True, False, True, True, False, False]]
     assert int(result.num_kept[0]) == 3
     # nothing valid: nothing kept
-    none = nms.greedy_nms(nms.similarity_rows(sim[None]), scores, 0.5, 2, np.zeros((1, 6), bool))
+    none = nms.greedy_nms(similarity_rows(sim[None]), scores, 0.5, 2, np.zeros((1, 6), bool))
     assert int(none.num_kept[0]) == 0 and not none.keep.numpy().any()
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="max_output"):
-        nms.greedy_nms(nms.similarity_rows(np.eye(3, dtype=np.float32)[None]),
+        nms.greedy_nms(similarity_rows(np.eye(3, dtype=np.float32)[None]),
                        np.ones((1, 3), np.float32), 0.5, 0)
     with pytest.raises(ValueError, match="poses must be"):
         poses, areas = np.zeros((1, 2, 3, 2), np.float32), np.ones((1, 2), np.float32)
