@@ -148,8 +148,7 @@ class DekrCodec(Codec):
            regressed poses (step 2, before absorption, as the reference) are closer than
            ``nms_distance`` input pixels; greedily, by decreasing pose score (the reference
            ranks by the centre score), a candidate is kept unless it duplicates an already kept
-           one (exact greedy NMS, computed as the fixed point of "kept = valid and no kept
-           higher-scored duplicate"). Comparing the regressed poses rather than the absorbed
+           one (:func:`tfpose.postprocess.nms.greedy_nms`). Comparing the regressed poses rather than the absorbed
            ones keeps two people apart when one's unlabelled / unseen keypoints absorb the
            other's candidates;
         7. people sorted by decreasing score; rows past ``num_people`` are zero.

@@ -142,4 +142,3 @@ def pose_oks(poses: tf.Tensor, areas: tf.Tensor, others: tf.Tensor, other_areas:
     dx = poses[:, :, None, :, 0] - others[:, None, :, :, 0]
     dy = poses[:, :, None, :, 1] - others[:, None, :, :, 1]  # [B, P, Q, K]
     return tf.reduce_mean(tf.exp((dx * dx + dy * dy) * coef * inv_scale[..., None]), axis=-1)
-
