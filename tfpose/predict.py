@@ -1,7 +1,7 @@
 """Runs a trained model on image files: drawn poses and one COCO-format predictions file.
 
     python -m tfpose.predict --config C --checkpoint P --image a.jpg [--image 'dir/*.jpg' ...] \\
-        [--out DIR]
+        [--out DIR] [--pose_threshold 0.1] [--keypoint_threshold 0.1]
 
 Each image is checked and decoded as in the data pipeline (RGB, alpha dropped, EXIF orientation
 ignored), letterboxed to the config's input size (``eval_affine`` + ``warp_image``, as the eval
@@ -9,16 +9,18 @@ pipeline), run with ``eval.flip_test`` / ``eval.scales`` (tfpose.inference), dec
 codec and mapped back to the image's own pixels. Written to ``--out`` (default
 ``<train.out_dir>/predict``), each file atomically (temporary file + os.replace):
 
-* ``<stem>.png`` (or ``.jpg`` with ``--format jpg``): the image with the poses drawn; a stem seen
-  twice, or a name that would overwrite an input image, gets ``_1``, ``_2``... appended;
+* ``<stem>.png`` (or ``.jpg`` with ``--format jpg``): the image with the poses drawn (people
+  with a pose score >= ``--pose_threshold``, their keypoints scored >= ``--keypoint_threshold``);
+  a stem seen twice, or a name that would overwrite an input image, gets ``_1``, ``_2``... appended;
 * ``predictions.json``: COCO keypoint results ``{"image_id", "category_id": 1, "keypoints":
   [x1, y1, s1, ...], "score"}`` plus ``"file_name"`` (the image path as given). ``image_id`` is the
   file stem as an integer when every stem is a distinct number (COCO file names), otherwise the
   image's 0-based position in the command line order.
 
-Prints one line per image (people found, drawing written), then the predictions file. Missing,
-non-image or truncated files end the run with one ``error: <file>: ...`` line (exit status 2)
-before anything is written (a file TF cannot decode behind a valid header: when its turn comes).
+Prints one line per image (people found, people drawn, drawing written), then the predictions
+file. Missing, non-image or truncated files end the run with one ``error: <file>: ...`` line
+(exit status 2) before anything is written (a file TF cannot decode behind a valid header: when
+its turn comes).
 """
 
 from __future__ import annotations
@@ -151,8 +153,13 @@ def pose_results(poses: dict, index: int, image_id: int, file_name: str,
 
 
 def predict_images(cfg, checkpoint: str, paths, out_dir: str, extension: str = "png",
-                   keypoint_threshold: float = 0.1, echo=print) -> dict:
+                   keypoint_threshold: float = 0.1, pose_threshold: float = 0.1,
+                   echo=print) -> dict:
     """Predicts, draws and writes every image; returns {"images": [...], "predictions": path}.
+
+    Every decoded person goes to ``predictions.json`` (AP needs the low-scored ones too); the
+    drawings show the people whose pose score is at least `pose_threshold` and, of them, the
+    keypoints scored at least `keypoint_threshold`.
 
     Every file's header is checked (tfpose.data.images.read_image_header: missing, not an image,
     truncated) before the model is built, so a bad file fails fast; a file whose pixels TF
@@ -180,11 +187,14 @@ def predict_images(cfg, checkpoint: str, paths, out_dir: str, extension: str = "
         # cannot overflow; anything within 10 image sizes is drawn as predicted.
         limit = 10.0 * max(image.shape[:2])
         shown = np.concatenate([np.clip(kpts[..., :2], -limit, limit), kpts[..., 2:]], -1)
-        drawn = draw_poses(np.ascontiguousarray(image[..., ::-1]), shown, cfg.spec, scores,
-                           keypoint_threshold=keypoint_threshold)
+        confident = scores >= pose_threshold
+        drawn = draw_poses(np.ascontiguousarray(image[..., ::-1]), shown[confident], cfg.spec,
+                           scores[confident], keypoint_threshold=keypoint_threshold)
         out_path = atomic_write(os.path.join(out_dir, name), encode_image(drawn, extension))
-        written.append({"image": path, "people": len(found), "output": out_path})
-        echo(f"{path}: {len(found)} {'person' if len(found) == 1 else 'people'} -> {out_path}")
+        written.append({"image": path, "people": len(found), "drawn": int(confident.sum()),
+                        "output": out_path})
+        echo(f"{path}: {len(found)} {'person' if len(found) == 1 else 'people'}, "
+             f"{int(confident.sum())} with pose score >= {pose_threshold:g} drawn -> {out_path}")
     predictions = atomic_write(os.path.join(out_dir, PREDICTIONS_FILE),
                                json.dumps(results, allow_nan=False).encode("utf-8"))
     echo(f"predictions: {predictions}")
@@ -197,7 +207,8 @@ def main(argv):
         raise cli.ConfigError("give --checkpoint PATH (a trained run or checkpoint)")
     paths = expand_images(list(FLAGS.image) + list(argv[1:]))  # --image a.jpg b.jpg works too
     out_dir = FLAGS.out or os.path.join(cfg.train.out_dir, "predict")
-    predict_images(cfg, FLAGS.checkpoint, paths, out_dir, FLAGS.format, FLAGS.keypoint_threshold)
+    predict_images(cfg, FLAGS.checkpoint, paths, out_dir, FLAGS.format, FLAGS.keypoint_threshold,
+                   FLAGS.pose_threshold)
 
 
 if __name__ == "__main__":
@@ -210,4 +221,6 @@ if __name__ == "__main__":
     cli.flags.DEFINE_enum("format", "png", ["png", "jpg"], "Format of the drawn images.")
     cli.flags.DEFINE_float("keypoint_threshold", 0.1, "Keypoints with a lower score are not "
                            "drawn (all are written to predictions.json).")
+    cli.flags.DEFINE_float("pose_threshold", 0.1, "People with a lower pose score are not drawn "
+                           "(all are written to predictions.json).")
     cli.run(main)
