@@ -98,3 +98,16 @@ def test_graph_flops_counts_multiply_adds_twice():
             + 16 * 16 * 8 * 4 * 16  # transposed conv: input elements x 4x4x4
             + 32 * 32 * 5 * 4)  # dense on [32, 32, 4]
     assert graph_flops(fn) == 2 * macs
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--images", "0", "--checkpoint", "runs/x"], "--images must be >= 1 (got 0)"),
+    ([], "benchmark parity needs --checkpoint"),
+])
+def test_parity_benchmark_bad_flags_are_one_line(repo_dir, args, needle):
+    proc = _run(repo_dir, "tfpose.benchmark", "parity", "--config", "configs/quickstart.yaml",
+                *args)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and needle in last
+    assert "Traceback" not in proc.stderr
