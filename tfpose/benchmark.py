@@ -299,22 +299,23 @@ def benchmark_parity(cfg, checkpoint: str, images: int = 8) -> dict:
     x = tf.constant(batch, tf.float32)
     flip, scales = bool(cfg.eval.flip_test), tuple(cfg.eval.scales)
     decode = decode_function(cfg, model, codec)
-    names = [k for k in decode(x[:1]) if k not in OUTPUT_KEYS]  # what decode reads
-
-    def numpy(outputs):
-        return {k: outputs[k].numpy() for k in names}
-
-    keras_test = numpy(network_outputs(model, codec, x, flip, scales))
-    keras_one = numpy(network_outputs(model, codec, x))
-    result = {"benchmark": "parity", "checkpoint": checkpoint, "images": len(batch),
-              "split": split, "flip_test": flip, "scales": list(scales),
-              "magnitudes": {k: float(f"{np.abs(v).max():.3g}") for k, v in keras_test.items()}}
     spec = [tf.TensorSpec([None] + list(batch.shape[1:]), tf.float32)]
     with tempfile.TemporaryDirectory(prefix="tfpose-parity-") as tmp:
         saved = tf.saved_model.load(write_archive(os.path.join(tmp, "saved_model"),
                                                   {"serving_default": (decode, spec)}))
-        result["saved_model"] = _largest_differences(
-            numpy(saved.signatures["serving_default"](x)), keras_test)
+        served = saved.signatures["serving_default"](x)
+        names = [k for k in served if k not in OUTPUT_KEYS]  # the network outputs decode reads
+
+        def numpy(outputs):
+            return {k: outputs[k].numpy() for k in names}
+
+        keras_test = numpy(network_outputs(model, codec, x, flip, scales))
+        keras_one = numpy(network_outputs(model, codec, x))
+        result = {"benchmark": "parity", "checkpoint": checkpoint, "images": len(batch),
+                  "split": split, "flip_test": flip, "scales": list(scales),
+                  "magnitudes": {k: float(f"{np.abs(v).max():.3g}")
+                                 for k, v in keras_test.items()},
+                  "saved_model": _largest_differences(numpy(served), keras_test)}
         if all(importlib.util.find_spec(m) for m in ("tf2onnx", "onnxruntime")):
             from tfpose.export.onnx import export_onnx, run_onnx
 
