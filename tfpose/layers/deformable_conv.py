@@ -47,7 +47,7 @@ def sample_and_project(features: tf.Tensor, points: tf.Tensor, kernel, bias=None
     """out[b, i, j] = sum_p kernel_p . bilinear_sample(features, points[b, i, j, p]) + bias.
 
     The P samples of a pixel are concatenated to P * C channels and mapped by one 1x1
-    convolution (CONV_2D in TFLite; the sampler is one 1-D GATHER, see
+    convolution (CONV_2D in TFLite; the sampler is 1-D GATHERs, see
     ``tfpose.layers.sampling.bilinear_sample``), so the whole op stays on the GPU delegate.
 
     Args:

@@ -155,7 +155,8 @@ def test_tflite_conversion_uses_delegate_ops_only(tmp_path, run_tflite):
     model = keras.Model(inputs, keras.layers.Add()([x, y]))
     content = keras_to_tflite(model, [tf.TensorSpec((1, 8, 8, 4), tf.float32)], str(tmp_path))
     used = operator_names(content)
-    assert used.count("GATHER") == 2 and "GATHER_ND" not in used  # one gather per adaptive conv
+    # one gather per bilinear corner and adaptive conv
+    assert used.count("GATHER") == 8 and "GATHER_ND" not in used
     assert set(used) <= BLOCK_OPS <= GPU_DELEGATE_OPS, sorted(set(used) - BLOCK_OPS)
 
     x = np.random.default_rng(4).normal(size=(1, 8, 8, 4)).astype(np.float32)

@@ -1,10 +1,16 @@
-"""tfpose.layers.normalize.ImageNormalization."""
+"""tfpose.layers.normalize: ImageNormalization, FusedBatchNormalization (numpy references)."""
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
-from tfpose.layers.normalize import IMAGENET_MEAN, IMAGENET_STD, ImageNormalization
+from tfpose.layers.normalize import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    FusedBatchNormalization,
+    ImageNormalization,
+)
 
 
 def test_uint8_and_float_pixels_give_imagenet_normalisation():
@@ -31,3 +37,52 @@ def test_config_round_trip_and_validation():
         ImageNormalization(mean=(0.1, 0.2), std=(0.2,))
     with pytest.raises(ValueError, match="normalises 3 channels"):
         ImageNormalization()(np.zeros((1, 2, 2, 4), np.float32))
+
+
+def _np_batch_norm(x, gamma, beta, eps):
+    """Training-mode batch norm over (B, H, W): output, batch mean, biased and unbiased var."""
+    mean = x.mean(axis=(0, 1, 2))
+    var = x.var(axis=(0, 1, 2))
+    n = x.size // x.shape[-1]
+    return (x - mean) / np.sqrt(var + eps) * gamma + beta, mean, var, var * n / (n - 1)
+
+
+def test_fused_batch_norm_training_step_matches_numpy_and_keras_gradients():
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(3, 4, 5, 6)) * 2 + 1).astype(np.float32)
+    gamma, beta = rng.uniform(0.5, 2, 6), rng.normal(size=6)
+    fused = FusedBatchNormalization(momentum=0.9, epsilon=1e-3)
+    plain = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3)
+    for layer in (fused, plain):
+        layer.build(x.shape)
+        layer.gamma.assign(gamma)
+        layer.beta.assign(beta)
+    expected, mean, _, unbiased = _np_batch_norm(x.astype(np.float64), gamma, beta, 1e-3)
+    grads = []
+    upstream = rng.normal(size=x.shape).astype(np.float32)
+    for layer in (fused, plain):
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            y = layer(xt, training=True)
+            loss = tf.reduce_sum(y * upstream)
+        grads.append(tape.gradient(loss, [xt, layer.gamma, layer.beta]))
+        np.testing.assert_allclose(y.numpy(), expected, atol=1e-4)
+    for got, want in zip(*grads):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
+    # moving = 0.9 * moving + 0.1 * batch, with the unbiased batch variance (PyTorch)
+    np.testing.assert_allclose(fused.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
+    np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 + 0.1 * unbiased, atol=1e-5)
+    # inference is the parent's: the moving statistics
+    y = fused(x, training=False).numpy()
+    want = (x - fused.moving_mean.numpy()) / np.sqrt(fused.moving_variance.numpy() + 1e-3)
+    np.testing.assert_allclose(y, want * gamma + beta, atol=1e-4)
+
+
+def test_fused_batch_norm_keeps_the_compute_dtype_under_mixed_precision():
+    x = np.random.default_rng(2).normal(size=(2, 3, 3, 4)).astype(np.float32)
+    layer = FusedBatchNormalization(dtype="mixed_bfloat16")
+    y = layer(tf.cast(x, tf.bfloat16), training=True)
+    assert y.dtype == tf.bfloat16 and layer.moving_mean.dtype == "float32"
+    expected = _np_batch_norm(x.astype(np.float64), 1.0, 0.0, layer.epsilon)[0]
+    np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), expected, atol=0.05)

@@ -138,7 +138,7 @@ class _LearnedSampler(keras.layers.Layer):
         return bilinear_sample(x, pixel_centers(h, w)[None] + 3.0 * self.offset_conv(x))
 
 
-def test_tflite_uses_only_1d_gather_and_delegate_ops(tmp_path, run_tflite):
+def test_tflite_uses_only_1d_gathers_and_delegate_ops(tmp_path, run_tflite):
     inputs = keras.Input((8, 8, 4), batch_size=1)
     model = keras.Model(inputs, _LearnedSampler(name="learned_sampler")(inputs))
     content = keras_to_tflite(model, [tf.TensorSpec((1, 8, 8, 4), tf.float32)], str(tmp_path))
@@ -146,11 +146,13 @@ def test_tflite_uses_only_1d_gather_and_delegate_ops(tmp_path, run_tflite):
     names = {name for name, _, _ in ops}
     assert "GATHER" in names and "GATHER_ND" not in names
     assert names <= SAMPLER_OPS <= GPU_DELEGATE_OPS, sorted(names - SAMPLER_OPS)
-    ((_, graph, gather),) = [op for op in ops if op[0] == "GATHER"]
-    params = graph.Tensors(gather.Inputs(0))
-    indices = graph.Tensors(gather.Inputs(1))
-    assert params.ShapeAsNumpy().tolist() == [64, 4]  # features flattened to [B*H*W, C]
-    assert indices.Type() == tflite_schema.TensorType.INT32 and indices.ShapeLength() == 1
+    gathers = [(graph, op) for name, graph, op in ops if name == "GATHER"]
+    assert len(gathers) == 4  # one per bilinear corner
+    for graph, gather in gathers:
+        params = graph.Tensors(gather.Inputs(0))
+        indices = graph.Tensors(gather.Inputs(1))
+        assert params.ShapeAsNumpy().tolist() == [64, 4]  # features flattened to [B*H*W, C]
+        assert indices.Type() == tflite_schema.TensorType.INT32 and indices.ShapeLength() == 1
 
     x = np.random.default_rng(4).normal(size=(1, 8, 8, 4)).astype(np.float32)
     np.testing.assert_allclose(run_tflite(content, x), model(x).numpy(), atol=1e-5)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
-from tfpose.layers.normalize import ImageNormalization
+from tfpose.layers.normalize import FusedBatchNormalization, ImageNormalization
 
 # PyTorch BatchNorm2d(momentum=0.1) == Keras momentum 0.9; PyTorch default eps.
 BN_MOMENTUM = 0.9
@@ -87,8 +87,9 @@ class NearestUpsampling2D(keras.layers.Layer):
 
 
 def batch_norm(x, name):
-    """BatchNormalization with the HRNet/PyTorch momentum and epsilon, applied to `x`."""
-    return keras.layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
+    """Batch normalisation (fused in training) with the HRNet/PyTorch momentum and epsilon,
+    applied to `x`."""
+    return FusedBatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name)(x)
 
 
 def symmetric_padding(x, kernel_size, strides, name):
