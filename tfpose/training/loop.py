@@ -46,6 +46,7 @@ import dataclasses
 import logging
 import math
 import os
+import threading
 import time
 from typing import Callable, Optional
 
@@ -125,6 +126,13 @@ def default_metrics(cfg, results, image_ids):
     from tfpose.evaluate import compute_metrics
 
     return compute_metrics(cfg, results, image_ids)
+
+
+def _release_in_background(holder: list) -> None:
+    """Empties ``holder`` (the only reference to a partly read tf.data iterator) on a daemon
+    thread. The iterator's destructor cancels its pipeline and waits for the pipeline's threads:
+    3-60 s at each epoch end of the CPU Quickstart while training kept both cores busy."""
+    threading.Thread(target=holder.clear, name="tfpose-release-iterator", daemon=True).start()
 
 
 def to_float32(outputs):
@@ -483,19 +491,19 @@ class Trainer:
         if last:
             progress.message(f"resumed from {os.path.dirname(last)} at step {step}")
         start, first_step = time.monotonic(), step
-        metrics, reason, iterator, sums, count = {}, "done", None, {}, 0
+        metrics, reason, reader, sums, count = {}, "done", None, {}, 0
         budget = tcfg.max_minutes * 60.0
         try:
             while step < self.total_steps:
-                if iterator is None:
+                if reader is None:
                     dataset, _ = self._stream(stream, stream_steps)
-                    iterator, checked = iter(dataset), False
+                    reader, checked = [iter(dataset)], False
                 try:
-                    images, targets = next(iterator)
+                    images, targets = next(reader[0])
                 except StopIteration:
                     if stream_steps == 0:
                         raise ConfigError("the training dataset yielded no batch")
-                    stream, stream_steps, iterator = stream + 1, 0, None
+                    stream, stream_steps, reader = stream + 1, 0, None
                     continue
                 if not checked:
                     self._check_batch(images)
@@ -509,7 +517,8 @@ class Trainer:
                 step, stream_steps = step + 1, stream_steps + 1
                 epoch_end = step % self.steps_per_epoch == 0
                 if epoch_end:  # every epoch reads a new stream
-                    stream, stream_steps, iterator = stream + 1, 0, None
+                    _release_in_background(reader)
+                    stream, stream_steps, reader = stream + 1, 0, None
                 self._set_state(step, stream, stream_steps)
                 if step == first_step + 1:
                     progress.start(step)
