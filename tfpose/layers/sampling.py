@@ -92,9 +92,9 @@ def bilinear_sample(features: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
 
     Each of the four corners of all points is read with one 1-D ``tf.gather`` on the features
     reshaped to ``[B*H*W, C]``. Indices are computed in float32 (whatever the features' dtype)
-    and cast to int32, which is exact while ``B*H*W <= 2**24``. Gradients flow to ``features`` and to
-    ``points`` (the bilinear weights); at integer pixel coordinates the gradient w.r.t. points is
-    the one-sided one.
+    and cast to int32, which is exact while ``B*H*W <= 2**24``. Gradients flow to ``features``
+    and to ``points`` (the bilinear weights); at integer pixel coordinates the gradient w.r.t.
+    points is the one-sided one.
 
     Args:
         features: float tensor ``[B, H, W, C]``.

@@ -128,11 +128,15 @@ def default_metrics(cfg, results, image_ids):
     return compute_metrics(cfg, results, image_ids)
 
 
-def _release_in_background(holder: list) -> None:
-    """Empties ``holder`` (the only reference to a partly read tf.data iterator) on a daemon
-    thread. The iterator's destructor cancels its pipeline and waits for the pipeline's threads:
-    3-60 s at each epoch end of the CPU Quickstart while training kept both cores busy."""
-    threading.Thread(target=holder.clear, name="tfpose-release-iterator", daemon=True).start()
+def _release_in_background(holder: list) -> threading.Thread:
+    """Empties ``holder`` (the only reference to a partly read tf.data iterator) on a thread.
+
+    The iterator's destructor cancels its pipeline and waits for the pipeline's threads: 3-60 s
+    at each epoch end of the CPU Quickstart while training kept both cores busy. Join the
+    returned thread before the process exits (a destructor cut off at exit aborts it)."""
+    thread = threading.Thread(target=holder.clear, name="tfpose-release-iterator")
+    thread.start()
+    return thread
 
 
 def to_float32(outputs):
@@ -236,6 +240,10 @@ class Trainer:
         self._forward_fn = tf.function(self._forward_replica, reduce_retracing=True)
         self._decode = tf.function(self.codec.decode, reduce_retracing=True)
         self._eval_dataset = None
+        # A MultiWorkerMirrored iterator released on another thread aborts the process at exit
+        # ("FATAL: exception not rethrown", the two-worker test): those release in the loop.
+        self._background_release = not isinstance(
+            self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     # -- data ----------------------------------------------------------------------------------
     def _stream(self, index: int, skip_steps: int = 0):
@@ -491,7 +499,7 @@ class Trainer:
         if last:
             progress.message(f"resumed from {os.path.dirname(last)} at step {step}")
         start, first_step = time.monotonic(), step
-        metrics, reason, reader, sums, count = {}, "done", None, {}, 0
+        metrics, reason, reader, sums, count, releases = {}, "done", None, {}, 0, []
         budget = tcfg.max_minutes * 60.0
         try:
             while step < self.total_steps:
@@ -517,7 +525,8 @@ class Trainer:
                 step, stream_steps = step + 1, stream_steps + 1
                 epoch_end = step % self.steps_per_epoch == 0
                 if epoch_end:  # every epoch reads a new stream
-                    _release_in_background(reader)
+                    if self._background_release:
+                        releases.append(_release_in_background(reader))
                     stream, stream_steps, reader = stream + 1, 0, None
                 self._set_state(step, stream, stream_steps)
                 if step == first_step + 1:
@@ -554,6 +563,8 @@ class Trainer:
         finally:
             progress.close()
             summaries.flush()
+            for thread in releases:
+                thread.join()
         if reason == "time":
             progress.message(f"stopped after train.max_minutes = {tcfg.max_minutes} at step "
                              f"{step}; continue with --resume")
