@@ -188,13 +188,14 @@ def predict_images(cfg, checkpoint: str, paths, out_dir: str, extension: str = "
         limit = 10.0 * max(image.shape[:2])
         shown = np.concatenate([np.clip(kpts[..., :2], -limit, limit), kpts[..., 2:]], -1)
         confident = scores >= pose_threshold
+        num_drawn = int(confident.sum())
         drawn = draw_poses(np.ascontiguousarray(image[..., ::-1]), shown[confident], cfg.spec,
                            scores[confident], keypoint_threshold=keypoint_threshold)
         out_path = atomic_write(os.path.join(out_dir, name), encode_image(drawn, extension))
-        written.append({"image": path, "people": len(found), "drawn": int(confident.sum()),
+        written.append({"image": path, "people": len(found), "drawn": num_drawn,
                         "output": out_path})
         echo(f"{path}: {len(found)} {'person' if len(found) == 1 else 'people'}, "
-             f"{int(confident.sum())} with pose score >= {pose_threshold:g} drawn -> {out_path}")
+             f"{num_drawn} with pose score >= {pose_threshold:g} drawn -> {out_path}")
     predictions = atomic_write(os.path.join(out_dir, PREDICTIONS_FILE),
                                json.dumps(results, allow_nan=False).encode("utf-8"))
     echo(f"predictions: {predictions}")
