@@ -50,6 +50,7 @@ from tensorflow.python.framework.convert_to_constants import convert_variables_t
 
 from tfpose.config import ConfigError
 from tfpose.fileio import atomic_write, fsync_path, fsync_tree
+from tfpose.layers.sampling import portable_sampling
 
 METADATA_FILE = os.path.join("assets.extra", "tfpose.json")
 METADATA_VERSION = 1  # bumped when a metadata key changes meaning
@@ -167,7 +168,8 @@ def decode_function(cfg, model, codec, flip_test: bool | None = None, scales=Non
         return {**{k: v for k, v in raw.items() if k in read.keys_read}, **poses}
 
     spec = tf.TensorSpec([batch_size, size, size, 3], tf.float32, name="images")
-    traced = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()
+    with portable_sampling():  # builtin ops for TFLite, ONNX and TF Serving (no XLA cluster)
+        traced = tf.function(run, input_signature=[spec], autograph=False).get_concrete_function()
     # lower_control_flow=False keeps functional While ops (the pose-NMS loop) for tf2onnx/TFLite
     frozen = convert_variables_to_constants_v2(traced, lower_control_flow=False)
     structure = traced.structured_outputs
@@ -275,12 +277,13 @@ def write_archive(path: str, endpoints: dict, resources=()) -> str:
         str, path.
     """
     archive = keras.export.ExportArchive()
-    for resource in resources:
-        if resource is not None:
-            archive.track(resource)
-    for name, (fn, signature) in endpoints.items():
-        archive.add_endpoint(name=name, fn=fn, input_signature=signature)
-    archive.write_out(path, verbose=False)
+    with portable_sampling():  # as decode_function: no XLA cluster in exported graphs
+        for resource in resources:
+            if resource is not None:
+                archive.track(resource)
+        for name, (fn, signature) in endpoints.items():
+            archive.add_endpoint(name=name, fn=fn, input_signature=signature)
+        archive.write_out(path, verbose=False)
     return path
 
 

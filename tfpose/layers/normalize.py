@@ -75,33 +75,41 @@ class ImageNormalization(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="tfpose")
 class FusedBatchNormalization(keras.layers.BatchNormalization):
-    """``keras.layers.BatchNormalization`` whose training step on ``[B, H, W, C]`` is one fused
-    kernel (``FusedBatchNormV3`` and its gradient kernel).
+    """``keras.layers.BatchNormalization`` computed by one fused kernel on ``[B, H, W, C]``
+    (``FusedBatchNormV3`` and, in training, its gradient kernel).
 
-    Keras 3 builds training-mode batch norm from separate element-wise ops (moments, scale,
-    shift) and differentiates each; the fused kernels do the same work in two passes (a CPU
-    training step of the Quickstart's HRNet spends ~20% less time). Same weights and the same
-    moving-average update ``moving = momentum * moving + (1 - momentum) * batch``, except that
-    the moving variance takes the batch's unbiased variance, as PyTorch's ``BatchNorm2d`` (the
-    HRNet-family references) does; Keras takes the biased one. Inference, masks, other ranks
-    and axes, renorm and layers without scale or centre use the parent's path, so exported graphs
-    are unchanged. The kernel's epsilon is at least 1.001e-5 (cuDNN's minimum; ``tf.nn``).
+    Keras 3 builds batch norm from separate element-wise ops (moments, scale, shift) and
+    differentiates each; the fused kernels do the same work in two passes (a CPU training step of
+    the Quickstart's HRNet spends ~20% less time), and at inference the CPU graph optimiser folds
+    the fused op into the convolution before it (W32 DEKR forward at 512: ~7% faster). Same
+    weights and the same moving-average update ``moving = momentum * moving + (1 - momentum) *
+    batch``, except that the moving variance takes the batch's unbiased variance, as PyTorch's
+    ``BatchNorm2d`` (the HRNet-family references) does; Keras takes the biased one. Inference and
+    frozen layers (``trainable=False``) use the moving statistics. Masks, other ranks and axes,
+    renorm and layers without scale or centre use the parent's path. The TFLite and ONNX
+    converters fold the inference op into the convolution as they did Keras's. The kernel's
+    epsilon is at least 1.001e-5 (cuDNN's minimum; ``tf.nn``).
     """
 
-    def _fused(self, inputs, training, mask) -> bool:
-        return (bool(training) and self.trainable and mask is None and len(inputs.shape) == 4
-                and self.axis in (-1, 3) and self.scale and self.center and not self.renorm)
+    def _fusable(self, inputs, mask) -> bool:
+        return (mask is None and len(inputs.shape) == 4 and self.axis in (-1, 3) and self.scale
+                and self.center and not self.renorm)
 
     def call(self, inputs, training=None, mask=None):
-        if not self._fused(inputs, training, mask):
+        if not self._fusable(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
+        training = bool(training) and self.trainable
+        stats = {} if training else {"mean": tf.cast(self.moving_mean, tf.float32),
+                                     "variance": tf.cast(self.moving_variance, tf.float32)}
         outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
             tf.cast(inputs, tf.float32),
             tf.cast(self.gamma, tf.float32),
             tf.cast(self.beta, tf.float32),
             epsilon=self.epsilon,
-            is_training=True,
+            is_training=training,
+            **stats,
         )
-        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
-            moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
+        if training:
+            for moving, batch in ((self.moving_mean, mean), (self.moving_variance, variance)):
+                moving.assign(moving * self.momentum + batch * (1.0 - self.momentum))
         return tf.cast(outputs, self.compute_dtype)

@@ -10,12 +10,38 @@ MINIMUM/MAXIMUM (clip; the converter emits RELU for a clip at 0), SUB/ADD/MUL, C
 CONCATENATION, SLICE and four 1-D GATHERs (one per bilinear corner) with int32 indices on the
 features flattened to [B*H*W, C] (no GATHER_ND, STRIDED_SLICE, comparisons, WHERE or RANGE when
 B, H, W are static; tested on the converted flatbuffer).
+
+Inside TensorFlow (training, evaluation, prediction) the sampler runs as one XLA-compiled
+function: XLA fuses the four gathers, their weights and the sum into one loop over the output,
+where TensorFlow's kernels write and re-read every corner's [N, C] block (CPU, 2 cores: an
+adaptive conv's sampling at [1, 128, 128, 256] 148 -> 35 ms, its gradient 425 -> 260 ms). Models
+written for other runtimes are traced inside :func:`portable_sampling`, which keeps the plain
+ops: TFLite and ONNX convert them, and TF Serving runs XLA on CPU only when asked to.
 """
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import tensorflow as tf
+
+_portable_depth = 0  # > 0 inside portable_sampling(): trace the plain ops, no XLA cluster
+
+
+@contextlib.contextmanager
+def portable_sampling():
+    """Graphs traced inside this context sample with plain TF ops (no ``jit_compile``).
+
+    Export traces every graph it writes inside it (``tfpose.export.saved_model.decode_function``
+    and ``write_archive``).
+    """
+    global _portable_depth
+    _portable_depth += 1
+    try:
+        yield
+    finally:
+        _portable_depth -= 1
 
 
 def _is_int(value) -> bool:
@@ -103,6 +129,13 @@ def bilinear_sample(features: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
     Returns:
         ``[B, ..., C]`` tensor of ``features.dtype``.
     """
+    if _portable_depth:
+        return _sample(features, points)
+    return _sample_xla(features, points)
+
+
+def _sample(features, points):
+    """``bilinear_sample`` in plain TF ops."""
     features = tf.convert_to_tensor(features)
     # Coordinates, weights and indices in float32 (float64 for float64 features) even for
     # float16/bfloat16 features: half precision cannot hold pixel indices past 2048.
@@ -165,3 +198,6 @@ def bilinear_sample(features: tf.Tensor, points: tf.Tensor) -> tf.Tensor:
             term = tf.gather(flat_features, index) * weight  # [B*N, C]
             out = term if out is None else out + term
     return tf.reshape(out, points_shape[:-1] + [channels])
+
+
+_sample_xla = tf.function(_sample, jit_compile=True)

@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
 from export_cases import (QUICKSTART, REPO, SIZE, run_tflite, scale_final_convs, tiny_config,
                           tiny_dekr, value)
 
@@ -200,6 +201,21 @@ def test_tf_serving_layout_and_metadata(exported):
     assert (meta["input_size"], meta["max_people"], meta["method"]) == (
         SIZE, exported.codec.max_people, "dekr")
     assert sorted(meta["signatures"]) == ["image_bytes", "serving_default"]
+
+
+def test_saved_model_samples_without_xla(exported):
+    """The adaptive convs' sampler runs XLA-compiled in TensorFlow but is exported as plain ops
+    (tfpose.layers.sampling.portable_sampling): TF Serving runs no XLA on CPU by default."""
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(exported.path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    functions = graph.library.function
+    nodes = [n for f in functions for n in f.node_def] + list(graph.node)
+    compiled = [n.name for n in nodes if n.attr["_XlaMustCompile"].b]
+    compiled += [f.signature.name for f in functions if f.attr["_XlaMustCompile"].b]
+    assert any(n.op == "GatherV2" for n in nodes)  # the sampler is in the graph
+    assert compiled == []
 
 
 def test_export_imports_no_training_code(exported):

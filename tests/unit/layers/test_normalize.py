@@ -73,10 +73,14 @@ def test_fused_batch_norm_training_step_matches_numpy_and_keras_gradients():
     # moving = 0.9 * moving + 0.1 * batch, with the unbiased batch variance (PyTorch)
     np.testing.assert_allclose(fused.moving_mean.numpy(), 0.1 * mean, atol=1e-5)
     np.testing.assert_allclose(fused.moving_variance.numpy(), 0.9 + 0.1 * unbiased, atol=1e-5)
-    # inference is the parent's: the moving statistics
-    y = fused(x, training=False).numpy()
-    want = (x - fused.moving_mean.numpy()) / np.sqrt(fused.moving_variance.numpy() + 1e-3)
-    np.testing.assert_allclose(y, want * gamma + beta, atol=1e-4)
+    # inference, and training of a frozen layer: the moving statistics, left unchanged
+    moving = fused.moving_mean.numpy(), fused.moving_variance.numpy()
+    want = (x - moving[0]) / np.sqrt(moving[1] + 1e-3) * gamma + beta
+    np.testing.assert_allclose(fused(x, training=False).numpy(), want, atol=1e-4)
+    fused.trainable = False
+    np.testing.assert_allclose(fused(x, training=True).numpy(), want, atol=1e-4)
+    np.testing.assert_array_equal(fused.moving_mean.numpy(), moving[0])
+    np.testing.assert_array_equal(fused.moving_variance.numpy(), moving[1])
 
 
 def test_fused_batch_norm_keeps_the_compute_dtype_under_mixed_precision():

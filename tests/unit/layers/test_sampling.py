@@ -14,7 +14,18 @@ SAMPLER_OPS = {
     "SLICE", "GATHER", "CONV_2D", "DEPTHWISE_CONV_2D", "RELU",
 }  # fmt: skip
 
-from tfpose.layers.sampling import bilinear_sample, pixel_centers, regular_grid, regular_grid_array
+from tfpose.layers.sampling import (bilinear_sample, pixel_centers, portable_sampling,
+                                    regular_grid, regular_grid_array)
+
+
+@pytest.fixture(params=["xla", "portable"])
+def sampler_path(request):
+    """Runs a test on both samplers: the XLA-compiled one and the plain ops that export traces."""
+    if request.param == "xla":
+        yield request.param
+    else:
+        with portable_sampling():
+            yield request.param
 
 
 def reference_bilinear(features, points):
@@ -34,7 +45,7 @@ def reference_bilinear(features, points):
     return out.reshape(points.shape[:-1] + (c,))
 
 
-def test_matches_numpy_reference_inside_outside_and_on_borders():
+def test_matches_numpy_reference_inside_outside_and_on_borders(sampler_path):
     rng = np.random.default_rng(0)
     features = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
     random_points = rng.uniform(-2.0, 9.5, size=(2, 4, 6, 2))
@@ -50,7 +61,7 @@ def test_matches_numpy_reference_inside_outside_and_on_borders():
         np.testing.assert_allclose(got, reference_bilinear(features, points.astype(np.float32)), atol=1e-5)
 
 
-def test_pixel_convention_and_zero_padding():
+def test_pixel_convention_and_zero_padding(sampler_path):
     rng = np.random.default_rng(1)
     features = rng.normal(size=(1, 4, 6, 2)).astype(np.float32)
     centres = pixel_centers(4, 6)[None]
@@ -76,7 +87,7 @@ def test_regular_grid_is_row_major_eq3():
         regular_grid_array(2)
 
 
-def test_dynamic_shapes():
+def test_dynamic_shapes(sampler_path):
     fn = tf.function(
         bilinear_sample,
         input_signature=[tf.TensorSpec([None, None, None, 3]), tf.TensorSpec([None, None, 2])],
@@ -87,7 +98,7 @@ def test_dynamic_shapes():
     np.testing.assert_allclose(fn(features, points).numpy(), reference_bilinear(features, points), atol=1e-5)
 
 
-def test_gradients_match_finite_differences():
+def test_gradients_match_finite_differences(sampler_path):
     rng = np.random.default_rng(3)
     features = tf.constant(rng.normal(size=(1, 5, 6, 2)))
     # Away from integer pixel coordinates, where the sampler is smooth; includes a point half out.
