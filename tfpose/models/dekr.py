@@ -15,7 +15,8 @@ Network (C = width, K keypoints, input ``[B, S, S, 3]`` raw RGB 0..255, h = w = 
                 ART residual block (dilation d) -> 1x1 conv -> K; the branch maps averaged
     P (Eq. 2)   concat(F, H) -> 1x1 conv -> 256 + BN + ReLU -> ART residual block (256)
                   -> 1x1 conv -> 1                                          centre heatmap C
-                  -> per keypoint k: 1x1 conv -> 15 + BN + ReLU -> ART residual block (15)
+                  -> 1x1 conv -> 15K + BN + ReLU (the K branches' transitions in one conv)
+                  -> per keypoint k: its 15 channels -> ART residual block (15)
                      -> 1x1 conv -> 2 (dx_k, dy_k)                          offsets O, [.., 2K]
                      (``offset_branch_channels: 0``: one 1x1 conv -> 2K instead)
 
@@ -201,10 +202,14 @@ def keypoint_regression_head(
     center = _final_conv(x, 1, name=f"{name}_center")
     if offset_branch_channels == 0:
         return center, _final_conv(x, 2 * num_keypoints, name=f"{name}_offsets")
+    # The K branches' 1x1 transitions as one conv (the reference's ``transition_offset``): the
+    # same function as K separate convs, one pass over the 256-channel map instead of K.
+    c = offset_branch_channels
+    branches = conv_bn(x, num_keypoints * c, 1, name=f"{name}_offset_transition")
     per_keypoint = []
     for k in range(num_keypoints):
         tag = f"{name}_offset{k}"
-        y = conv_bn(x, offset_branch_channels, 1, name=f"{tag}_transition")
+        y = branches[..., k * c:(k + 1) * c]
         y = art_residual_block(y, 1, name=f"{tag}_block")
         per_keypoint.append(_final_conv(y, 2, name=f"{tag}_final"))
     if num_keypoints == 1:

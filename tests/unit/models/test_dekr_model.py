@@ -70,6 +70,16 @@ def test_heatmaps_are_the_branch_mean_and_offsets_interleave_per_keypoint(tiny):
     assert tiny.get_layer("regression_transition_conv").kernel.shape == (1, 1, 15 * 8 + K, 16)
 
 
+def test_offset_branches_take_their_own_channels_of_one_transition(tiny):
+    transition = tiny.get_layer("regression_offset_transition_relu").output  # [.., 4K]
+    inputs = [tiny.get_layer(f"regression_offset{k}_block_aconv1").input for k in range(K)]
+    got, *branch_inputs = keras.Model(tiny.input, [transition, *inputs])(
+        images((1, 64, 64, 3), 2), training=False)
+    assert got.shape[-1] == 4 * K
+    for k, x in enumerate(branch_inputs):
+        np.testing.assert_array_equal(x.numpy(), got.numpy()[..., 4 * k:4 * k + 4])
+
+
 def test_final_convs_start_like_the_reference(tiny):
     for name in ["heatmap_branch0_final", "regression_center", "regression_offset0_final"]:
         layer = tiny.get_layer(name)
