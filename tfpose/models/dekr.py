@@ -84,6 +84,9 @@ class DekrModelConfig:
     width: int = field(32, low=1, doc="HRNet width C (32 and 48 in the paper)")
     stem_channels: int = field(64, low=1, doc="HRNet stem and stage-1 width (64 in HRNet; "
                                "smaller only for tiny CPU models such as the Quickstart's)")
+    stage_modules: list[int] = field(default_factory=lambda: [1, 4, 3], low=1,
+                                     doc="HRNet modules of stages 2, 3 and 4 (1, 4, 3 in HRNet; "
+                                     "fewer for tiny CPU models such as the Quickstart's)")
     heatmap_channels: int = field(0, low=0, doc="channels of the keypoint heatmap head H "
                                   "(0 = width, as the reference: 32 for W32, 48 for W48)")
     heatmap_dilations: list[int] = field(default_factory=lambda: [1, 2, 3], low=1,
@@ -101,6 +104,9 @@ class DekrModelConfig:
                                    "candidates from (0 = all)")
 
     def validate(self):
+        if len(self.stage_modules) != 3:
+            raise ConfigError(f"stage_modules must name the modules of stages 2, 3 and 4, got "
+                              f"{self.stage_modules}")
         if not self.heatmap_dilations:
             raise ConfigError("heatmap_dilations must name at least one dilation, got []")
         if self.scorer_learning_rate <= 0:
@@ -249,7 +255,8 @@ def dekr_network(model_cfg: DekrModelConfig, num_keypoints: int, input_shape=(No
     images = keras.Input(input_shape, name="image")
     x = ImageNormalization(name="normalize")(images)
     features = hrnet_features(x, width, output="concat", name="hrnet",
-                              stem_channels=model_cfg.stem_channels)
+                              stem_channels=model_cfg.stem_channels,
+                              stage_modules=model_cfg.stage_modules)
     heatmaps = keypoint_heatmap_head(
         features, num_keypoints, model_cfg.heatmap_width, model_cfg.heatmap_dilations
     )

@@ -156,6 +156,8 @@ def test_input_and_config_validation():
     for bad, key in [({"heatmap_dilations": []}, "heatmap_dilations"),
                      ({"heatmap_dilations": [1, 0]}, r"model.heatmap_dilations\[1\]|heatmap_dilations"),
                      ({"width": 0}, "model.width"),
+                     ({"stage_modules": [1, 4]}, "stage_modules must name the modules"),
+                     ({"stage_modules": [1, 0, 1]}, r"model.stage_modules"),
                      ({"scorer_learning_rate": 0.0}, "scorer_learning_rate"),
                      ({"offset_branch_channels": -1}, "model.offset_branch_channels"),
                      ({"stride": 4}, "model.stride")]:

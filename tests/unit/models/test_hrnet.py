@@ -1,5 +1,8 @@
 """tfpose.models.backbones.hrnet: shapes, reference padding, parameter counts vs the paper."""
 
+import collections
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -12,6 +15,7 @@ from tfpose.models.backbones.hrnet import (
     conv_bn,
     higher_hrnet_deconv,
     hrnet,
+    hrnet_features,
     hrnet_module,
     hrnet_pose_model,
     resolve_width,
@@ -54,6 +58,23 @@ def test_width_presets_and_validation():
         resolve_width(0)
     with pytest.raises(ValueError, match="Received: width='w40'"):
         resolve_width("w40")
+
+
+def test_stage_modules_set_the_depth():
+    def modules(**kw):
+        x = keras.Input((64, 64, 3))
+        model = keras.Model(x, hrnet_features(x, 8, output="concat", name="h", **kw))
+        found = {re.match(r"h_stage(\d)_module(\d+)_", layer.name).groups()
+                 for layer in model.layers if re.match(r"h_stage\d_module", layer.name)}
+        counts = collections.Counter(int(stage) for stage, _ in found)
+        return [counts[s] for s in (2, 3, 4)], trainable_count(model)
+
+    default, default_params = modules()
+    assert default == [1, 4, 3]  # HRNet
+    shallow, shallow_params = modules(stage_modules=[1, 1, 2])
+    assert shallow == [1, 1, 2] and shallow_params < default_params
+    with pytest.raises(ValueError, match=r"Received: stage_modules=\[1, 0, 1\]"):
+        modules(stage_modules=[1, 0, 1])
 
 
 def test_stride2_conv_pads_like_pytorch():

@@ -236,7 +236,8 @@ def concat_branches(branches, name="concat"):
     return keras.layers.Concatenate(name=name)(ups)
 
 
-def hrnet_features(x, width=32, output="branches", name="hrnet", stem_channels=STEM_CHANNELS):
+def hrnet_features(x, width=32, output="branches", name="hrnet", stem_channels=STEM_CHANNELS,
+                   stage_modules=None):
     """Applies HRNet to a tensor (functional API).
 
     Args:
@@ -249,11 +250,19 @@ def hrnet_features(x, width=32, output="branches", name="hrnet", stem_channels=S
             (4 blocks, output 4x this); 64 in HRNet. The stem is width-independent, so it holds
             most of the compute of very small widths (about 70% at C = 8): tiny CPU models such
             as the Quickstart's use a narrower stem.
+        stage_modules: sequence of 3 int, the modules of stages 2, 3 and 4; None = HRNet's
+            (1, 4, 3). Fewer make a shallower network for tiny CPU models.
 
     Returns:
         a tensor or a list of tensors, see ``output``.
     """
     c = resolve_width(width)
+    stages = HRNET_STAGES
+    if stage_modules is not None:
+        if len(stage_modules) != len(HRNET_STAGES) or min(stage_modules) < 1:
+            raise ValueError("`stage_modules` must be 3 positive integers. "
+                             f"Received: stage_modules={stage_modules}")
+        stages = [(int(m), b, n) for m, (_, b, n) in zip(stage_modules, HRNET_STAGES)]
     if output not in OUTPUT_MODES:
         raise ValueError(f"`output` must be one of {OUTPUT_MODES}. Received: output={output!r}")
     x = conv_bn(x, stem_channels, 3, strides=2, name=f"{name}_stem1")
@@ -261,11 +270,11 @@ def hrnet_features(x, width=32, output="branches", name="hrnet", stem_channels=S
     for k in range(4):
         x = bottleneck_block(x, stem_channels, name=f"{name}_stage1_block{k}")
     branches, prev = [x], [x.shape[-1]]
-    for s, (num_modules, num_branches, num_blocks) in enumerate(HRNET_STAGES, start=2):
+    for s, (num_modules, num_branches, num_blocks) in enumerate(stages, start=2):
         channels = [c * 2**b for b in range(num_branches)]
         branches = _transition(branches, prev, channels, name=f"{name}_transition{s - 1}")
         for m in range(num_modules):
-            last = s == 1 + len(HRNET_STAGES) and m == num_modules - 1
+            last = s == 1 + len(stages) and m == num_modules - 1
             branches = hrnet_module(
                 branches,
                 channels,
