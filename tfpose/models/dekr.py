@@ -61,7 +61,7 @@ import keras
 from tfpose.config import ConfigError, field, register_section
 from tfpose.layers.adaptive_conv import AdaptiveConv2D
 from tfpose.layers.normalize import ImageNormalization
-from tfpose.models.backbones.hrnet import batch_norm, conv_bn, hrnet_features
+from tfpose.models.backbones.hrnet import HRNET_STAGES, batch_norm, conv_bn, hrnet_features
 
 # The network's output stride (HRNet's highest-resolution branch) and the factor every input
 # side must be a multiple of (HRNet's lowest branch is at 1/32).
@@ -84,9 +84,10 @@ class DekrModelConfig:
     width: int = field(32, low=1, doc="HRNet width C (32 and 48 in the paper)")
     stem_channels: int = field(64, low=1, doc="HRNet stem and stage-1 width (64 in HRNet; "
                                "smaller only for tiny CPU models such as the Quickstart's)")
-    stage_modules: list[int] = field(default_factory=lambda: [1, 4, 3], low=1,
-                                     doc="HRNet modules of stages 2, 3 and 4 (1, 4, 3 in HRNet; "
-                                     "fewer for tiny CPU models such as the Quickstart's)")
+    stage_modules: list[int] = field(default_factory=lambda: [m for m, _, _ in HRNET_STAGES],
+                                     low=1, doc="HRNet modules of stages 2, 3 and 4 (1, 4, 3 "
+                                     "in HRNet; fewer for tiny CPU models such as the "
+                                     "Quickstart's)")
     heatmap_channels: int = field(0, low=0, doc="channels of the keypoint heatmap head H "
                                   "(0 = width, as the reference: 32 for W32, 48 for W48)")
     heatmap_dilations: list[int] = field(default_factory=lambda: [1, 2, 3], low=1,
