@@ -45,19 +45,22 @@ def numpy_loss(targets, outputs, hw, cw, ow, beta):
     center = np.zeros(B)
     offset = np.zeros(B)
     for b in range(B):
-        heat[b] = hw * np.mean(t["heatmap_weights"][b, ..., :K] * (o["heatmaps"][b] - t["heatmaps"][b]) ** 2)
-        center[b] = cw * np.mean(t["heatmap_weights"][b, ..., K] * (o["center"][b, ..., 0] - t["center"][b, ..., 0]) ** 2)
-        total, pixels = 0.0, 0
+        # keypoints and centre: the mean over K + 1 heatmap channels, split in two terms
+        error = t["heatmap_weights"][b] * (np.concatenate([o["heatmaps"][b], o["center"][b]], -1)
+                                           - np.concatenate([t["heatmaps"][b], t["center"][b]], -1)) ** 2
+        heat[b] = hw * error[..., :K].sum() / error.size
+        center[b] = cw * error[..., K].sum() / error.size
+        total, coordinates = 0.0, 0
         for i in range(H):
             for j in range(W):
                 w = t["offset_weights"][b, i, j]
-                if (w > 0).any():
-                    pixels += 1
                 for k in range(K):
+                    if w[k] > 0:
+                        coordinates += 2
                     dx = o["offsets"][b, i, j, 2 * k] - t["offsets"][b, i, j, 2 * k]
                     dy = o["offsets"][b, i, j, 2 * k + 1] - t["offsets"][b, i, j, 2 * k + 1]
                     total += w[k] * (sl1(dx) + sl1(dy))
-        offset[b] = ow * total / max(1, pixels)
+        offset[b] = ow * total / max(1, coordinates)
     return {"heatmap": heat, "center": center, "offset": offset}
 
 
@@ -111,9 +114,9 @@ def test_masks_select_what_counts():
     assert (got["heatmap"].numpy() == 0).all() and (got["center"].numpy() > 0).all()
 
 
-def test_offset_normaliser_counts_pixels_not_entries():
+def test_offset_normaliser_counts_coordinates():
     # One centre pixel, two labelled keypoints of weight 1 with errors 1 and 2 px in x:
-    # sum = (1 - beta/2) + (2 - beta/2); divided by 1 pixel (not by 4 entries).
+    # sum = (1 - beta/2) + (2 - beta/2); divided by the 4 supervised coordinates (not 1 pixel).
     targets, outputs = random_batch(3)
     targets = dict(targets, offsets=np.zeros((B, H, W, 2 * K), np.float32),
                    offset_weights=np.zeros((B, H, W, K), np.float32))
@@ -124,7 +127,7 @@ def test_offset_normaliser_counts_pixels_not_entries():
     offsets[0, 5, 5] = 7.0  # outside the region: ignored
     beta = 1.0 / 9.0
     got = build_dekr_loss(DekrLossConfig(offset_weight=1.0))(targets, dict(outputs, offsets=offsets))
-    np.testing.assert_allclose(got["offset"].numpy(), [3.0 - beta, 0.0, 0.0], rtol=1e-6)
+    np.testing.assert_allclose(got["offset"].numpy(), [(3.0 - beta) / 4, 0.0, 0.0], rtol=1e-6)
 
 
 def test_graph_mode_dynamic_batch_and_gradients():
