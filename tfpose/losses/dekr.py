@@ -31,7 +31,7 @@ The normalisation is the reference's:
       how a batch is split over replicas.
     Dividing the offsets by the pixels alone and the centre by h w instead makes the offset and
     centre terms about 2 x (labelled keypoints) and K + 1 times heavier against the keypoint
-    heatmaps; on the Quickstart data they cut the AP after 1,000 steps from 0.46-0.48 to 0.37.
+    heatmaps; on the Quickstart data they cut the AP after 1,000 steps from 0.45-0.48 to 0.37.
 """
 
 from __future__ import annotations
